@@ -1,0 +1,16 @@
+"""Cluster managers: one module per backend, sharing managers._base."""
+
+from .local import LocalManager
+
+__all__ = ["LocalManager", "SSHManager", "DockerManager", "KubernetesManager", "SlurmManager",
+           "ElasticManager"]
+
+
+def __getattr__(name):
+    """Backends import lazily, so using one never needs another's client library."""
+    modules = {"SSHManager": "ssh", "DockerManager": "docker", "KubernetesManager": "kubernetes",
+               "SlurmManager": "slurm", "ElasticManager": "elastic"}
+    if name in modules:
+        import importlib
+        return getattr(importlib.import_module(f"{__name__}.{modules[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

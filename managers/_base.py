@@ -1,0 +1,48 @@
+"""What two or more backends share: the worker command, its environment, subprocess calls.
+
+A backend module holds only what differs (see STYLE.md, "A manager module").
+"""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Sequence
+
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def worker_argv(params: dict, *flags: str, exename: str | None = None) -> list[str]:
+    """The command that starts one worker: `exename exeflags -m pydist.worker flags`."""
+    return [exename or params["exename"], *params["exeflags"], "-m", "pydist.worker", *flags]
+
+
+def worker_env(params: dict) -> dict[str, str]:
+    """Environment variables a worker needs on top of its host's: the user's `env`, unbuffered
+    output (so relayed lines arrive when printed) and, unless enable_threaded_blas, one BLAS
+    thread per worker (n workers x n BLAS threads would oversubscribe the cores)."""
+    env = {"PYTHONUNBUFFERED": "1"}
+    if not params.get("enable_threaded_blas"):
+        env.update({name: "1" for name in BLAS_THREAD_VARIABLES})
+    env.update({str(k): str(v) for k, v in dict(params.get("env") or {}).items()})
+    return env
+
+
+class CommandError(RuntimeError):
+    """A backend command failed: shows argv, exit code and the end of its output."""
+
+    def __init__(self, argv: Sequence[str], code: int, stdout: str, stderr: str):
+        self.argv, self.code, self.stdout, self.stderr = list(argv), code, stdout, stderr
+        tail = "\n".join((stderr or stdout or "").strip().splitlines()[-10:])
+        super().__init__(f"{' '.join(argv)} exited with code {code}" + (f":\n{tail}" if tail else ""))
+
+
+def run(argv: Sequence[str], input: str | None = None, timeout: float = 60.0) -> str:
+    """Run a backend command (sbatch, squeue, ...) and return its stdout; the only subprocess call
+    managers make for commands. Raises CommandError on a non-zero exit."""
+    try:
+        done = subprocess.run(list(argv), input=input, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError as err:
+        raise CommandError(argv, 127, "", f"{argv[0]}: command not found") from err
+    if done.returncode != 0:
+        raise CommandError(argv, done.returncode, done.stdout, done.stderr)
+    return done.stdout

@@ -1,0 +1,28 @@
+"""pydist: Julia's Distributed standard library for Python."""
+
+from .calls import (fetchany, fetchfrom, remote_do, remotecall, remotecall_fetch, remotecall_wait,
+                    spawn, spawnat)
+from .channel import Channel
+from .cluster import addprocs, interrupt, rmprocs
+from .errors import (CapturedException, InvalidStateError, LaunchError, ProcessExitedException,
+                     RemoteException)
+from .manager import ClusterManager, WorkerConfig, default_addprocs_params
+from .process import (cluster_cookie, myid, nprocs, nworkers, procs, worker_id_from_socket,
+                      workers)
+from .refs import (RRID, Future, RemoteChannel, channel_from_id, fetch, isready, put,
+                   remoteref_id, take, wait)
+from .worker import init_worker, start_worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "addprocs", "nprocs", "nworkers", "procs", "workers", "rmprocs", "interrupt", "myid",
+    "remotecall", "remotecall_wait", "remotecall_fetch", "remote_do", "spawnat", "spawn",
+    "fetchfrom", "fetchany",
+    "Future", "RemoteChannel", "Channel", "fetch", "put", "take", "isready", "wait",
+    "remoteref_id", "channel_from_id", "RRID",
+    "RemoteException", "CapturedException", "ProcessExitedException", "LaunchError",
+    "InvalidStateError",
+    "cluster_cookie", "worker_id_from_socket",
+    "ClusterManager", "WorkerConfig", "init_worker", "start_worker", "default_addprocs_params",
+]

@@ -1,0 +1,267 @@
+"""The remotecall family (Julia: remotecall.jl, macros.jl) and the callee side of a call.
+
+Callee side: the reader thread hands each CALL frame to `_on_call`, which makes the result
+Future's entry at once (so a DEL_CLIENTS that follows on the same link finds it) and runs the
+call on a runner thread: unpickle, run, then answer according to the mode (messages.Mode).
+An argument that cannot be unpickled, or a result that cannot be pickled, fails that call
+alone with a RemoteException; the link stays up.
+
+`interrupt` raises KeyboardInterrupt in the threads running user calls (not in pydist's own
+internal calls), and wakes a `time.sleep` in them (worker.py makes sleep interruptible).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import os
+import sys
+import threading
+from typing import Any, Callable
+
+from .errors import CapturedException, remote_exception
+from .messages import Kind, Mode
+from .process import STATE, myid, result, send_call, workers
+from .refs import RRID, Future, _Failed, _lookup, fetch, store_outcome
+from .serialize import dumps, loads
+
+# -- interrupting running calls ------------------------------------------------------------
+_running_lock = threading.Lock()     # guards _running and _interrupted
+_running: set[int] = set()           # thread ids running a user function now
+_interrupted: set[int] = set()       # of those, the ones already sent a KeyboardInterrupt
+_wakeups: dict[int, threading.Event] = {}   # thread id -> Event an interruptible sleep waits on
+
+
+def _set_async_exc(tid: int, exc) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), ctypes.py_object(exc) if exc else None)
+
+
+def interrupt_calls() -> int:
+    """Raise KeyboardInterrupt in every thread running a user call here; returns how many."""
+    with _running_lock:
+        targets = _running - _interrupted
+        for tid in targets:
+            _interrupted.add(tid)
+            _set_async_exc(tid, KeyboardInterrupt)
+            event = _wakeups.get(tid)
+            if event is not None:
+                event.set()
+    return len(targets)
+
+
+def interruptible_sleep(seconds: float) -> None:
+    """time.sleep that `interrupt` can cut short (installed on workers)."""
+    if seconds < 0:
+        raise ValueError("sleep length must be non-negative")
+    tid = threading.get_ident()
+    event = _wakeups.get(tid)
+    if event is None:
+        event = _wakeups[tid] = threading.Event()
+    event.clear()
+    with _running_lock:
+        if tid in _interrupted:           # interrupted before it started sleeping
+            return
+    event.wait(seconds)
+
+
+def _run_user(func: Callable, args, kwargs):
+    if getattr(func, "_pydist_internal", False):
+        return func(*args, **kwargs)
+    tid = threading.get_ident()
+    with _running_lock:
+        _running.add(tid)
+    try:
+        return func(*args, **kwargs)
+    finally:
+        with _running_lock:
+            _running.discard(tid)
+            if tid in _interrupted:
+                _interrupted.discard(tid)
+                _set_async_exc(tid, None)     # cancel an interrupt not delivered yet
+
+
+def internal(func):
+    """Mark a pydist function that runs on request of another process: not interruptible."""
+    func._pydist_internal = True
+    return func
+
+
+# -- the callee side -------------------------------------------------------------------------
+def _on_call(link, mode, rrid, msg_id, body, buffers) -> None:
+    if mode == Mode.FUTURE or mode == Mode.WAIT:
+        _lookup(RRID(*rrid))            # counted now, before a later DEL_CLIENTS on this link
+    STATE.runner.submit(_serve_call, link, mode, rrid, msg_id, body, buffers)
+
+
+def _serve_call(link, mode, rrid, msg_id, body, buffers) -> None:
+    me = myid()
+    try:
+        func, args, kwargs = loads(body, buffers)
+    except BaseException as err:
+        failure = remote_exception(me, _described(err, "the call's function or arguments could not "
+                                                  f"be unpickled on process {me}"))
+        ok, value = False, None
+    else:
+        del body, buffers
+        try:
+            value, ok = _run_user(func, args, kwargs), True
+        except SystemExit as err:
+            _exit_process(err.code)
+        except BaseException as err:
+            ok, failure = False, remote_exception(me, err)
+        del func, args, kwargs
+    if mode == Mode.FETCH:
+        _answer(link, msg_id, ok, value, None if ok else failure)
+    elif mode == Mode.FUTURE or mode == Mode.WAIT:
+        store_outcome(RRID(*rrid), value if ok else _Failed(failure))
+        if mode == Mode.WAIT:
+            _answer(link, msg_id, ok, None, None if ok else failure)
+    elif not ok:
+        _print_failure(failure)
+
+
+def _answer(link, msg_id: int, ok: bool, value, failure) -> None:
+    if ok:
+        try:
+            body, buffers = dumps(value, dest=link.peer)
+        except BaseException as err:
+            failure = remote_exception(myid(), _described(
+                err, f"the result of type {type(value).__name__} could not be pickled"))
+        else:
+            _send_quietly(link, Kind.RESULT, body, buffers, msg_id)
+            return
+    try:
+        body = dumps(failure, dest=link.peer)[0]
+    except BaseException:
+        body = dumps(remote_exception(myid(), CapturedException(
+            type(failure.captured).__name__, str(failure.captured), failure.traceback_text)))[0]
+    _send_quietly(link, Kind.ERROR, body, (), msg_id)
+
+
+def _send_quietly(link, kind, body, buffers, msg_id) -> None:
+    try:
+        link.send(kind, body, buffers, msg_id=msg_id)
+    except Exception:
+        pass            # the caller is gone; nobody is waiting for this answer
+
+
+def _described(err: BaseException, what: str) -> BaseException:
+    """Say which step failed, keeping the original exception where Python allows notes."""
+    if hasattr(err, "add_note"):
+        err.add_note(what)
+        return err
+    return CapturedException(type(err).__name__, f"{what}: {err}")
+
+
+def _print_failure(failure) -> None:
+    print(f"Error in remote_do on process {myid()}:\n{failure.traceback_text}", file=sys.stderr,
+          flush=True)
+
+
+def _exit_process(code) -> None:
+    """SystemExit in a call ends the worker (Julia: remote_do(exit, pid)); not the master."""
+    if myid() == 1:
+        raise SystemExit(code)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+
+
+STATE.handlers[Kind.CALL] = _on_call
+
+
+# -- the caller side ----------------------------------------------------------------------------
+def _local_run(rrid: RRID, func, args, kwargs) -> None:
+    try:
+        value = func(*args, **kwargs)
+    except BaseException as err:
+        value = _Failed(remote_exception(myid(), err))
+    store_outcome(rrid, value)
+
+
+def _local_do(func, args, kwargs) -> None:
+    try:
+        func(*args, **kwargs)
+    except BaseException as err:
+        _print_failure(remote_exception(myid(), err))
+
+
+def remotecall(func: Callable, pid, *args, **kwargs) -> Future:
+    """Run func(*args, **kwargs) on process `pid` (or a worker of a pool) and return a
+    Future for its result at once (Julia: remotecall)."""
+    if not isinstance(pid, int):
+        return pid._call_with(remotecall, func, args, kwargs)
+    fut = Future(pid)
+    rrid = fut.rrid
+    if pid == myid():
+        _lookup(rrid)
+        STATE.runner.submit(_local_run, rrid, func, args, kwargs)
+    else:
+        send_call(pid, Mode.FUTURE, func, args, kwargs, rrid)
+    return fut
+
+
+def remotecall_fetch(func: Callable, pid, *args, **kwargs) -> Any:
+    """Run func on `pid` and return its result; raises RemoteException if it raised."""
+    if not isinstance(pid, int):
+        return pid._call_with(remotecall_fetch, func, args, kwargs)
+    if pid == myid():
+        try:
+            return func(*args, **kwargs)
+        except BaseException as err:
+            raise remote_exception(pid, err) from None
+    return result(send_call(pid, Mode.FETCH, func, args, kwargs))
+
+
+def remotecall_wait(func: Callable, pid, *args, **kwargs) -> Future:
+    """Run func on `pid`, wait until it is done, and return its (ready) Future."""
+    if not isinstance(pid, int):
+        return pid._call_with(remotecall_wait, func, args, kwargs)
+    if pid == myid():
+        return remotecall(func, pid, *args, **kwargs).wait()
+    fut = Future(pid)
+    result(send_call(pid, Mode.WAIT, func, args, kwargs, fut.rrid))
+    return fut
+
+
+def remote_do(func: Callable, pid, *args, **kwargs) -> None:
+    """Run func on `pid` and forget it: no result, no error back (the callee prints errors)."""
+    if not isinstance(pid, int):
+        return pid._call_with(remote_do, func, args, kwargs)
+    if pid == myid():
+        STATE.runner.submit(_local_do, func, args, kwargs)
+    else:
+        send_call(pid, Mode.DO, func, args, kwargs)
+
+
+_round_robin = itertools.count()
+
+
+def _next_worker() -> int:
+    ids = workers()
+    return ids[next(_round_robin) % len(ids)]
+
+
+def spawnat(pid, func: Callable, *args, **kwargs) -> Future:
+    """Run func on `pid` (Julia: @spawnat); pid="any" picks the next worker in turn."""
+    if pid == "any":
+        pid = _next_worker()
+    return remotecall(func, pid, *args, **kwargs)
+
+
+def spawn(func: Callable, *args, **kwargs) -> Future:
+    """Run func on the next worker, round robin (Julia: @spawn)."""
+    return remotecall(func, _next_worker(), *args, **kwargs)
+
+
+def fetchfrom(pid, func: Callable, *args, **kwargs) -> Any:
+    """Run func on `pid` and return its result (Julia: @fetchfrom)."""
+    return remotecall_fetch(func, pid, *args, **kwargs)
+
+
+def fetchany(func: Callable, *args, **kwargs) -> Any:
+    """Run func on the next worker and return its result (Julia: @fetch)."""
+    return fetch(spawn(func, *args, **kwargs))
+

@@ -1,0 +1,114 @@
+"""Channel: a bounded, closable, iterable queue (Julia: Channel).
+
+It is the default store behind a RemoteChannel, and the one-slot store in which the owner
+of a Future keeps its value.  All waits end on `close()`.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import threading
+import time
+from typing import Any, Iterator
+
+from .errors import InvalidStateError
+
+
+class Channel:
+    """A queue of at most `size` items (`size=0`: each put waits for its taker;
+    `size=math.inf`: unbounded). Safe to use from any thread."""
+
+    def __init__(self, size: float = 1):
+        if size < 0:
+            raise ValueError(f"Channel size must be >= 0 or math.inf, not {size!r}")
+        self.size = size
+        self._items: collections.deque = collections.deque()
+        self._cond = threading.Condition(threading.Lock())   # guards _items, _closed, _taken
+        self._closed = False
+        self._taken = 0          # items taken so far: an unbuffered put waits for its own take
+
+    def put(self, item: Any) -> Any:
+        """Append `item`, blocking while the channel is full; returns `item`.
+
+        Raises InvalidStateError if the channel is (or becomes) closed."""
+        with self._cond:
+            limit = max(self.size, 1)
+            while not self._closed and len(self._items) >= limit:
+                self._cond.wait()
+            if self._closed:
+                raise InvalidStateError("put on a closed channel")
+            self._items.append(item)
+            ticket = self._taken + len(self._items)
+            self._cond.notify_all()
+            if self.size == 0:          # rendezvous: wait until a taker has it
+                while self._taken < ticket and not self._closed:
+                    self._cond.wait()
+        return item
+
+    def take(self) -> Any:
+        """Remove and return the first item, blocking while empty (Julia: take!).
+
+        Raises InvalidStateError once closed and empty, so a consumer loop ends instead of hanging."""
+        with self._cond:
+            while not self._items:
+                if self._closed:
+                    raise InvalidStateError("take on a closed, empty channel")
+                self._cond.wait()
+            item = self._items.popleft()
+            self._taken += 1
+            self._cond.notify_all()
+            return item
+
+    def fetch(self) -> Any:
+        """Return the first item without removing it, blocking while empty."""
+        with self._cond:
+            while not self._items:
+                if self._closed:
+                    raise InvalidStateError("fetch on a closed, empty channel")
+                self._cond.wait()
+            return self._items[0]
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until an item is there (it is not removed); False if `timeout` ran out.
+
+        Raises InvalidStateError if the channel is closed and empty."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self._items:
+                if self._closed:
+                    raise InvalidStateError("wait on a closed, empty channel")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    def isready(self) -> bool:
+        """True if a take would not block."""
+        return bool(self._items)
+
+    def isopen(self) -> bool:
+        return not self._closed
+
+    def close(self) -> None:
+        """Refuse further puts; wakes every waiter. Items already in can still be taken."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[Any]:
+        """Take items until the channel is closed and empty."""
+        while True:
+            try:
+                yield self.take()
+            except InvalidStateError:
+                return
+
+    def __repr__(self) -> str:
+        size = "inf" if self.size == math.inf else self.size
+        state = "closed" if self._closed else "open"
+        return f"Channel(size={size}, {len(self._items)} items, {state})"

@@ -1,0 +1,512 @@
+"""The master's side of the cluster: addprocs, rmprocs, interrupt (Julia: cluster.jl).
+
+`addprocs` runs the manager's `launch` on a thread (`pydist-launch`) and sets up every
+launched worker on a thread of its own (`pydist-setup-<n>`) as soon as it appears: read its
+address line, connect, authenticate, send JOIN, wait for JOINED, register.  So n workers
+start in parallel.  When all are in, every worker is sent the full membership table; only
+then does addprocs return, so old and new workers can call each other.
+
+Worker output read from `WorkerConfig.io` is relayed to the master's stdout by a thread per
+worker (`pydist-output-<pid>`), each line prefixed `From worker N:`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import enum
+import itertools
+import logging
+import math
+import queue
+import shlex
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import settings
+from .calls import interrupt_calls, internal, remote_do
+from .errors import LaunchError
+from .manager import ClusterManager, WorkerConfig, default_addprocs_params, reap, stop_process
+from .messages import Kind
+from .process import (STATE, WorkerInfo, add_members, call_fetch, cluster_cookie, myid,
+                      on_close, on_frame, peer_exited, workers)
+from .serialize import dumps, loads
+from .transport import Link, handshake
+from .worker import parse_address
+
+log = logging.getLogger("pydist")
+
+# Keywords addprocs accepts besides default_addprocs_params() and a manager's own `params`.
+_MANAGER_KEYWORDS = {"restrict": True, "tunnel": False, "multiplex": False, "sshflags": [],
+                     "max_parallel": 10, "shell": "posix", "worker_timeout": None, "tls": None}
+
+
+class WorkerState(enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    TERMINATING = "terminating"
+    EXITED = "exited"
+
+
+@dataclass
+class _Worker:
+    pid: int
+    manager: ClusterManager
+    config: WorkerConfig
+    state: WorkerState = WorkerState.RUNNING
+    started: float = field(default_factory=time.time)
+
+
+_registry: dict[int, _Worker] = {}      # pid -> worker, on the master; guarded by STATE.cond
+_pids = itertools.count(2)              # ids are never reused while the master lives
+_addprocs_lock = threading.Lock()       # addprocs runs one at a time (Julia: worker_lock)
+_added_hooks: list = []                 # fn(pids) after workers joined (default pool)
+_print_lock = threading.Lock()          # one relayed line at a time on stdout
+relay_write = None                      # replaced while a progress bar is shown (pmap)
+
+
+# -- output relay ------------------------------------------------------------------------------
+class _OutputRelay:
+    """Reads a worker's output stream: finds the address line, then relays every line."""
+
+    def __init__(self, stream, what: str):
+        self.stream = stream
+        self.what = what
+        self.pid: int | None = None
+        self.lines: list[str] = []           # seen before the address, for error messages
+        self._address: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._run, name=f"pydist-output-{what}", daemon=True).start()
+
+    def address(self, timeout: float) -> tuple[str, int]:
+        try:
+            found = self._address.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no address line within {timeout:.0f} s (PYDIST_WORKER_TIMEOUT)"
+                               + self._tail()) from None
+        if found is None:
+            raise ConnectionError("the worker exited before printing its address" + self._tail())
+        return found
+
+    def _tail(self) -> str:
+        return "; its output was:\n" + "\n".join(self.lines[-20:]) if self.lines else ""
+
+    def _run(self) -> None:
+        found = False
+        try:
+            for raw in iter(self.stream.readline, b""):
+                line = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+                line = line.rstrip("\r\n")
+                if not found:
+                    address = parse_address(line)
+                    if address is not None:
+                        found = True
+                        self._address.put(address)
+                        continue
+                    self.lines.append(line)
+                _relay(self.pid, line)
+        except (OSError, ValueError):
+            pass
+        finally:
+            if not found:
+                self._address.put(None)
+
+
+def _relay(pid, line: str) -> None:
+    text = f"      From worker {pid if pid is not None else '?'}:\t{line}"
+    writer = relay_write
+    with _print_lock:
+        if writer is not None:
+            writer(text)
+        else:
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+
+
+# -- addprocs -----------------------------------------------------------------------------------
+def addprocs(spec: Any = None, **kwargs) -> list[int]:
+    """Start workers and add them to the cluster; returns their ids, ascending (Julia: addprocs).
+
+    `addprocs(n)` starts n local workers, `addprocs(["host", "user@host:22", ("host", 4)])`
+    SSH workers, `addprocs(manager)` whatever that ClusterManager launches.  Keywords are
+    those of default_addprocs_params() plus the manager's own; others raise TypeError.
+    Raises LaunchError when some workers could not start (`.added` lists those that did)."""
+    if myid() != 1:
+        raise RuntimeError(f"addprocs can only be called on process 1, not on process {myid()}")
+    manager = _manager_for(spec, kwargs)
+    params = _params_for(manager, kwargs)
+    with _addprocs_lock:
+        _check_topology(params)
+        cluster_cookie()
+        _ensure_master_setup()
+        added, failures = _launch_and_setup(manager, params)
+        _sync_members()
+        for hook in _added_hooks:
+            hook(added)
+    if failures:
+        raise LaunchError(failures, added)
+    return added
+
+
+def _manager_for(spec, kwargs) -> ClusterManager:
+    if isinstance(spec, ClusterManager):
+        return spec
+    if isinstance(spec, bool) or spec is None:
+        raise TypeError("addprocs expects a number of workers, a list of machines or a ClusterManager")
+    if isinstance(spec, int):
+        if spec < 0:
+            raise ValueError(f"addprocs({spec}): the number of workers must be >= 0")
+        from managers.local import LocalManager
+        return LocalManager(spec, restrict=kwargs.get("restrict", True))
+    if isinstance(spec, (list, tuple)):
+        from managers.ssh import SSHManager
+        return SSHManager(list(spec))
+    raise TypeError(f"addprocs cannot start workers from a {type(spec).__name__}: pass a number, "
+                    "a list of machines or a ClusterManager")
+
+
+def _params_for(manager: ClusterManager, kwargs: dict) -> dict:
+    params = {**default_addprocs_params(), **_MANAGER_KEYWORDS, **getattr(manager, "params", {})}
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise TypeError(f"addprocs() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
+                        f"it accepts {', '.join(sorted(params))}")
+    params.update(kwargs)
+    if isinstance(params["exeflags"], str):
+        params["exeflags"] = shlex.split(params["exeflags"])
+    params["exeflags"] = list(params["exeflags"])
+    params["env"] = dict(params["env"] or {})
+    if params["topology"] not in ("all_to_all", "master_worker", "custom"):
+        raise ValueError(f"topology must be 'all_to_all', 'master_worker' or 'custom', "
+                         f"not {params['topology']!r}")
+    if params["worker_timeout"] is None:
+        params["worker_timeout"] = settings.WORKER_TIMEOUT
+    return params
+
+
+def _check_topology(params: dict) -> None:
+    if len(_registry_running()) > 0:
+        if params["topology"] != STATE.topology:
+            raise ValueError(f"the running workers use topology {STATE.topology!r}; addprocs cannot "
+                             f"add workers with topology {params['topology']!r}")
+        if bool(params["lazy"]) != STATE.lazy:
+            raise ValueError(f"the running workers use lazy={STATE.lazy}; addprocs cannot add "
+                             f"workers with lazy={bool(params['lazy'])}")
+    STATE.topology = params["topology"]
+    STATE.lazy = bool(params["lazy"])
+
+
+def _registry_running() -> list[int]:
+    with STATE.cond:
+        return [p for p, w in _registry.items() if w.state is not WorkerState.EXITED]
+
+
+_master_ready = False
+
+
+def _ensure_master_setup() -> None:
+    global _master_ready
+    if not _master_ready:
+        STATE.exit_hooks.append(_on_worker_exit)
+        atexit.register(_shutdown)
+        _master_ready = True
+
+
+def _launch_and_setup(manager: ClusterManager, params: dict) -> tuple[list[int], list]:
+    launched: list[WorkerConfig] = []
+    notify = threading.Condition()
+    failures: list[tuple[str, str]] = []
+    added: list[int] = []
+    done = threading.Event()
+
+    def run_launch():
+        try:
+            manager.launch(params, launched, notify)
+        except Exception as err:
+            log.debug("launch failed", exc_info=True)
+            failures.extend(err.failures if isinstance(err, LaunchError) else
+                            [(type(manager).__name__, f"{type(err).__name__}: {err}")])
+        finally:
+            done.set()
+            with notify:
+                notify.notify_all()
+
+    threading.Thread(target=run_launch, name="pydist-launch", daemon=True).start()
+    setups: list[threading.Thread] = []
+    seen = 0
+    while True:
+        with notify:
+            # The timeout only covers a manager that appends without notifying.
+            notify.wait_for(lambda: len(launched) > seen or done.is_set(), timeout=0.5)
+            fresh = launched[seen:]
+            seen = len(launched)
+        for config in fresh:
+            thread = threading.Thread(target=_setup_one, args=(manager, config, params, added, failures),
+                                      name=f"pydist-setup-{len(setups) + 1}", daemon=True)
+            thread.start()
+            setups.append(thread)
+        if done.is_set() and seen == len(launched):
+            break
+    for thread in setups:
+        thread.join()
+    return sorted(added), failures
+
+
+_pending: set[int] = set()      # pids being set up; guarded by STATE.cond
+
+
+def _setup_one(manager, config: WorkerConfig, params: dict, added: list, failures: list) -> None:
+    what = _describe(config)
+    relay = None
+    pid = None
+    try:
+        if config.io is not None and config.sock is None and (config.host is None or config.port is None):
+            relay = _OutputRelay(config.io, what)
+            host, port = relay.address(params["worker_timeout"])
+            config.bind_addr = config.bind_addr or host
+            config.host = config.host or host
+            config.port = port
+        with STATE.cond:
+            pid = next(_pids)
+            _pending.add(pid)
+        link = _connect_and_join(manager, pid, config, params)
+        with STATE.cond:
+            _registry[pid] = _Worker(pid, manager, config)
+            STATE.links[pid] = link
+            STATE.cond.notify_all()
+        if relay is not None:
+            relay.pid = pid
+        link.start(f"pydist-reader-{pid}")
+        manager.manage(pid, config, "register")
+        added.append(pid)
+    except Exception as err:
+        log.debug("setting up %s failed", what, exc_info=True)
+        failures.append((what, f"{type(err).__name__}: {err}"))
+        _abandon(config)
+    finally:
+        with STATE.cond:
+            _pending.discard(pid)
+            STATE.cond.notify_all()
+
+
+def _connect_and_join(manager, pid: int, config: WorkerConfig, params: dict) -> Link:
+    reader, _writer = manager.connect(pid, config)
+    sock = reader
+    if config.sock is None:
+        try:
+            handshake(sock, cluster_cookie(), dialer=True)
+        except BaseException:
+            sock.close()
+            raise
+    link = Link(sock, on_frame, on_close, peer=pid)
+    dial = _peers_to_dial(pid, config, params)
+    with STATE.cond:
+        members = list(STATE.members.values())
+    join = {"pid": pid, "cluster_id": STATE.cluster_id, "topology": STATE.topology, "lazy": STATE.lazy,
+            "master": STATE.master_info, "members": members, "dial": dial, "sys_path": list(sys.path)}
+    link.send(Kind.JOIN, dumps(join)[0])
+    sock.settimeout(params["worker_timeout"])
+    try:
+        kind, _mode, _rrid, _msg_id, body, _buffers = link.read_frame()
+    except Exception as err:
+        sock.close()
+        raise ConnectionError(f"worker {pid} did not answer JOIN: {err or type(err).__name__}") from err
+    sock.settimeout(None)
+    if kind is not Kind.JOINED:
+        sock.close()
+        raise ConnectionError(f"worker {pid} answered JOIN with {kind.name}")
+    info: WorkerInfo = loads(body)
+    config.ospid = info.ospid
+    add_members([info])
+    return link
+
+
+def _peers_to_dial(pid: int, config: WorkerConfig, params: dict) -> list[WorkerInfo]:
+    """Which workers the new one dials during its join (Julia: the JoinPGRP wlist)."""
+    deadline = time.monotonic() + params["worker_timeout"]
+    with STATE.cond:
+        if STATE.topology == "all_to_all" and not STATE.lazy:
+            # Higher ids dial lower ones, which must have finished joining first.
+            STATE.cond.wait_for(lambda: not any(p < pid for p in _pending), deadline - time.monotonic())
+            return [info for p, info in STATE.members.items() if p < pid]
+        if STATE.topology == "custom" and config.connect_idents:
+            wanted = set(config.connect_idents)
+
+            def ready():
+                idents = {w.config.ident for w in _registry.values() if w.state is WorkerState.RUNNING}
+                return wanted <= idents
+            if not STATE.cond.wait_for(ready, deadline - time.monotonic()):
+                raise TimeoutError(f"the workers {sorted(map(str, wanted))} to connect to did not join "
+                                   f"within {params['worker_timeout']:.0f} s")
+            return [STATE.members[p] for p, w in _registry.items()
+                    if w.config.ident in wanted and p in STATE.members]
+    return []
+
+
+def _describe(config: WorkerConfig) -> str:
+    for value in (config.ident, config.host):
+        if value is not None:
+            return str(value)
+    process = config.process
+    return f"local process {process.pid}" if getattr(process, "pid", None) else "worker"
+
+
+def _abandon(config: WorkerConfig) -> None:
+    """A worker that failed to join must not linger."""
+    stop_process(config.process)
+    reap(config.process)
+
+
+@internal
+def _set_members(infos: list[WorkerInfo], master: WorkerInfo) -> None:
+    add_members(infos, master)
+
+
+def _sync_members() -> None:
+    """Send every worker the full membership table, in parallel, and wait for all."""
+    with STATE.cond:
+        infos = list(STATE.members.values())
+        pids = [p for p, w in _registry.items() if w.state is WorkerState.RUNNING]
+    errors = []
+
+    def one(pid):
+        try:
+            call_fetch(pid, _set_members, infos, STATE.master_info)
+        except Exception as err:
+            errors.append((pid, err))
+    threads = [threading.Thread(target=one, args=(p,), daemon=True) for p in pids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for pid, err in errors:
+        log.warning("pydist: could not update worker %s: %s", pid, err)
+
+
+# -- workers leaving --------------------------------------------------------------------------
+@internal
+def _forget(pid: int) -> None:
+    peer_exited(pid)
+
+
+def _on_worker_exit(pid: int) -> None:
+    """Exit hook on the master: deregister the worker and tell every other worker."""
+    with STATE.cond:
+        worker = _registry.get(pid)
+        if worker is None or worker.state is WorkerState.EXITED:
+            return
+        worker.state = WorkerState.EXITED
+        others = [p for p, w in _registry.items() if w.state is WorkerState.RUNNING]
+    for other in others:
+        try:
+            remote_do(_forget, other, pid)
+        except Exception:
+            pass
+    try:
+        worker.manager.manage(pid, worker.config, "deregister")
+    except Exception:
+        log.exception("pydist: manage(%s, 'deregister') failed", pid)
+
+
+class RemovalTask:
+    """What rmprocs returns: `.wait()` blocks until the workers are gone (Julia: the Task)."""
+
+    def __init__(self, pids: list[int]):
+        self.pids = pids
+        self._thread = threading.Thread(target=self._run, name="pydist-rmprocs", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        threads = [threading.Thread(target=_remove_one, args=(p,), daemon=True) for p in self.pids]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def wait(self, timeout: float | None = None) -> "RemovalTask":
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"rmprocs: workers {self.pids} not terminated after {timeout} seconds")
+        return self
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+
+def _remove_one(pid: int) -> None:
+    with STATE.cond:
+        worker = _registry.get(pid)
+        if worker is None or worker.state is not WorkerState.RUNNING:
+            return
+        worker.state = WorkerState.TERMINATING
+    try:
+        worker.manager.kill(pid, worker.config)
+    except Exception:
+        log.exception("pydist: killing worker %s failed", pid)
+    with STATE.cond:
+        link = STATE.links.get(pid)
+    if link is not None:
+        link.close("removed by rmprocs")
+    peer_exited(pid)
+    worker.state = WorkerState.TERMINATING
+    _on_worker_exit(pid)
+    try:
+        worker.manager.manage(pid, worker.config, "finalize")
+    except Exception:
+        log.exception("pydist: manage(%s, 'finalize') failed", pid)
+
+
+def rmprocs(*pids, waitfor: float = math.inf) -> RemovalTask:
+    """Remove workers (Julia: rmprocs). Waits up to `waitfor` seconds (0: not at all);
+    returns a task whose `.wait()` blocks until they are gone. Process 1 is never removed."""
+    if myid() != 1:
+        raise RuntimeError(f"rmprocs can only be called on process 1, not on process {myid()}")
+    flat: list[int] = []
+    for p in pids:
+        flat.extend(p if isinstance(p, (list, tuple, set)) else [p])
+    if 1 in flat:
+        warnings.warn("rmprocs: process 1 is the master and is not removed", stacklevel=2)
+    targets = sorted({p for p in flat if p != 1 and p in _registry})
+    task = RemovalTask(targets)
+    if waitfor > 0:
+        task.wait(None if math.isinf(waitfor) else waitfor)
+    return task
+
+
+def interrupt(*pids) -> None:
+    """Raise KeyboardInterrupt in the calls running on the given workers (default: all)."""
+    if myid() != 1:
+        raise RuntimeError("interrupt can only be called on process 1")
+    flat: list[int] = []
+    for p in pids:
+        flat.extend(p if isinstance(p, (list, tuple, set)) else [p])
+    for pid in flat or workers():
+        worker = _registry.get(pid)
+        if worker is None or worker.state is not WorkerState.RUNNING:
+            continue
+        remote_do(interrupt_calls, pid)
+        worker.manager.manage(pid, worker.config, "interrupt")
+
+
+def registry() -> dict[int, _Worker]:
+    """The master's workers by id (for managers and status tools)."""
+    with STATE.cond:
+        return dict(_registry)
+
+
+def _shutdown() -> None:
+    """At master exit: close every link (workers exit on losing it) and reap local processes."""
+    with STATE.cond:
+        links = list(STATE.links.values())
+        workers_ = list(_registry.values())
+    for link in links:
+        link.close("the master is exiting")
+    for worker in workers_:
+        process = worker.config.process
+        if process is not None:
+            try:
+                process.wait(2.0)
+            except Exception:
+                stop_process(process)

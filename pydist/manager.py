@@ -1,0 +1,139 @@
+"""The cluster manager interface (Julia: ClusterManager, WorkerConfig, launch/manage/connect/kill).
+
+A backend subclasses `ClusterManager` and writes `launch` and `manage`; `connect` and `kill`
+have working defaults.  `launch` runs on a thread of its own: it appends a `WorkerConfig` to
+`launched` for every worker it started and notifies `notify`, so the master sets up each
+worker while the others are still starting.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import threading
+from typing import Any
+
+from . import settings
+from .process import STATE, send_call
+from .messages import Mode
+from .transport import dial
+
+
+@dataclasses.dataclass
+class WorkerConfig:
+    """What a manager knows about one worker it launched (Julia: WorkerConfig).
+
+    Master-connects: set `io` (a binary stream the worker prints `pydist_worker:PORT#HOST`
+    on) or `host` and `port`.  `ident` names the worker for the manager, `connect_idents`
+    lists the idents it must connect to in the "custom" topology, `userdata` is the
+    manager's own."""
+    io: Any = None
+    host: str | None = None
+    port: int | None = None
+    bind_addr: str | None = None
+    count: int | None = None
+    exename: str | None = None
+    exeflags: list[str] | None = None
+    environ: dict | None = None
+    ident: Any = None
+    connect_idents: list | None = None
+    userdata: Any = None
+    process: Any = None
+    ospid: int | None = None
+    tunnel: bool | None = None
+    multiplex: bool | None = None
+    forward: str | None = None
+    sshflags: list[str] | None = None
+    max_parallel: int | None = None
+    connect_at: Any = None
+    enable_threaded_blas: bool | None = None
+    sock: socket.socket | None = None   # an already authenticated link (worker-connects managers)
+
+
+def default_addprocs_params() -> dict:
+    """The defaults every addprocs call starts from (Julia: default_addprocs_params)."""
+    return {
+        "topology": "all_to_all",
+        "lazy": True,
+        "dir": os.getcwd(),
+        "exename": sys.executable,
+        "exeflags": [],
+        "env": {},
+        "enable_threaded_blas": False,
+    }
+
+
+class ClusterManager(abc.ABC):
+    """Starts and stops workers for `addprocs` (Julia: ClusterManager).
+
+    `params` extends the keywords addprocs accepts with this manager's own, with defaults."""
+
+    params: dict = {}
+
+    @abc.abstractmethod
+    def launch(self, params: dict, launched: list[WorkerConfig], notify: threading.Condition) -> None:
+        """Start workers; append a WorkerConfig per worker to `launched` and notify `notify`."""
+
+    @abc.abstractmethod
+    def manage(self, pid: int, config: WorkerConfig, op: str) -> None:
+        """Hook for "register", "deregister", "interrupt" and "finalize" of worker `pid`."""
+
+    def connect(self, pid: int, config: WorkerConfig):
+        """Open the master's link to worker `pid`; returns (reader, writer), here one socket."""
+        if config.sock is not None:
+            return config.sock, config.sock
+        host = config.bind_addr or config.host
+        if host is None or config.port is None:
+            raise ValueError(f"worker {pid}: the manager gave neither an address line (io) nor host and port")
+        sock = dial(host, int(config.port))
+        return sock, sock
+
+    def kill(self, pid: int, config: WorkerConfig) -> None:
+        """Make worker `pid` exit: ask it, then SIGTERM, then SIGKILL its process if there is one."""
+        if not ask_to_exit(pid, settings.EXIT_TIMEOUT):
+            stop_process(config.process)
+        reap(config.process)
+
+
+def _exit_now() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+_exit_now._pydist_internal = True
+
+
+def ask_to_exit(pid: int, timeout: float) -> bool:
+    """Tell worker `pid` to exit and wait until its link is gone; False if it did not go."""
+    try:
+        send_call(pid, Mode.DO, _exit_now)
+    except Exception:
+        pass
+    with STATE.cond:
+        return STATE.cond.wait_for(lambda: pid in STATE.dead, timeout)
+
+
+def stop_process(process) -> None:
+    """SIGTERM a local worker process, then SIGKILL it if it is still there after TERM_TIMEOUT."""
+    if not isinstance(process, subprocess.Popen) or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(settings.TERM_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def reap(process) -> None:
+    """Collect an exited local worker process so no zombie is left."""
+    if isinstance(process, subprocess.Popen):
+        try:
+            process.wait(settings.TERM_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

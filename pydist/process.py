@@ -1,0 +1,448 @@
+"""This process's view of the cluster: its id, its links to other processes, the members.
+
+Every process (master and workers) has one `STATE`.  It owns:
+
+* the links (transport.Link) to other processes, one per peer, made at join time or lazily
+  on first use when the topology allows it.  Between two workers the higher id dials the
+  lower one (the lower asks the higher through the master), so a pair never ends up with two
+  links (Julia does the same);
+* the membership table (`members`: id -> WorkerInfo), which the master keeps current on
+  every worker, so `workers()` and friends agree everywhere;
+* the runner, which gives every incoming call a thread of its own (idle threads are reused),
+  so a call blocked in `take()` never stops another call or the reader threads;
+* the heartbeat thread (`pydist-heartbeat`), which pings quiet links and closes links whose
+  peer stopped answering, so nothing waits forever on a frozen or cut-off process.
+
+Upper layers plug into it through `STATE.handlers` (frame kind -> function) and
+`STATE.exit_hooks` (run when a peer is gone); this module imports nothing above transport.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import queue
+import secrets
+import socket
+import sys
+import threading
+import time
+
+from . import settings
+from .errors import CapturedException, ProcessExitedException, RemoteException
+from .messages import NO_RRID, Kind, Mode
+from .serialize import dumps, loads
+from .transport import HandshakeError, Link, ProtocolError, dial, handshake, serve
+
+log = logging.getLogger("pydist")
+
+
+@dataclasses.dataclass
+class WorkerInfo:
+    """How to reach a cluster process and where it runs."""
+    pid: int
+    host: str = ""          # address other processes dial
+    port: int = 0
+    hostname: str = ""      # machine identity, for procs(pid)
+    ospid: int = 0
+
+
+class TopologyError(ConnectionError):
+    """The cluster's topology does not connect these two processes."""
+
+
+class _Runner:
+    """Runs every submitted function on a thread of its own, reusing idle threads.
+
+    There is no upper bound on purpose: a call that blocks (a take on an empty channel, a
+    call back into its caller) must never keep another call from running."""
+
+    IDLE_SECONDS = 30.0      # an idle thread lingers this long for the next call
+
+    def __init__(self):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()        # guards _idle and _started
+        self._idle = 0
+        self._started = 0
+
+    def submit(self, fn, *args) -> None:
+        with self._lock:
+            spawn = self._idle == 0
+            if spawn:
+                self._started += 1
+                number = self._started
+            else:
+                self._idle -= 1
+        self._queue.put((fn, args))
+        if spawn:
+            threading.Thread(target=self._loop, name=f"pydist-call-{number}", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                fn, args = self._queue.get(timeout=self.IDLE_SECONDS)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle > 0:          # nobody claimed this thread: retire it
+                        self._idle -= 1
+                        return
+                continue                        # claimed just now: its work is on the way
+            try:
+                fn(*args)
+            except BaseException:               # a stray interrupt must not kill the thread
+                log.exception("pydist: a call handler failed")
+            with self._lock:
+                self._idle += 1
+
+
+class _State:
+    def __init__(self):
+        self.myid = 1
+        self.cookie: str | None = None
+        self.cluster_id = secrets.token_hex(6)
+        self.topology = "all_to_all"
+        self.lazy = True
+        self.hostname = socket.gethostname()
+        self.cond = threading.Condition()    # guards links, members, dead, dialing, master_info
+        self.links: dict[int, Link] = {}
+        self.members: dict[int, WorkerInfo] = {}
+        self.master_info = WorkerInfo(1, hostname=self.hostname, ospid=os.getpid())
+        self.dead: set[int] = set()
+        self.dialing: set[int] = set()
+        self.address: tuple[str, int] | None = None   # where this process listens, if it does
+        self.listener: socket.socket | None = None
+        self.joined = threading.Event()               # worker: the master has sent JOIN
+        self.handlers: dict[Kind, object] = {}        # set by refs.py and calls.py
+        self.exit_hooks: list = []                    # fn(pid), run once per exited peer
+        self.on_offer = None                          # master: fn(link, offer) for joining workers
+        self.runner = _Runner()
+        self._heartbeat: threading.Thread | None = None
+
+
+STATE = _State()
+
+
+# -- identity and membership ---------------------------------------------------------------
+def myid() -> int:
+    """This process's id: 1 on the master, 2, 3, ... on workers (Julia: myid)."""
+    return STATE.myid
+
+
+def cluster_cookie(cookie: str | None = None) -> str:
+    """The cluster cookie; with an argument, set it first (Julia: cluster_cookie).
+
+    Every connection proves knowledge of it (HMAC); it never crosses the wire."""
+    if cookie is not None:
+        if not isinstance(cookie, str):
+            raise TypeError(f"the cookie must be a str, not {type(cookie).__name__}")
+        if not cookie:
+            raise ValueError("an empty cookie authenticates nothing: pass a non-empty string")
+        if "\n" in cookie or "\r" in cookie:
+            raise ValueError("the cookie cannot contain a newline (workers read it as one line)")
+        STATE.cookie = cookie
+    elif STATE.cookie is None:
+        STATE.cookie = secrets.token_hex(16)
+    return STATE.cookie
+
+
+def workers() -> list[int]:
+    """Ids of the workers, ascending; [1] when there are none (the master works then)."""
+    with STATE.cond:
+        ids = sorted(STATE.members)
+    return ids or [1]
+
+
+def nworkers() -> int:
+    """Number of workers; 1 when there are none."""
+    return len(STATE.members) or 1
+
+
+def procs(pid: int | None = None) -> list[int]:
+    """Ids of all processes, master included; with `pid`, those on the same host as `pid`."""
+    with STATE.cond:
+        infos = {1: STATE.master_info, **STATE.members}
+    if pid is None:
+        return sorted(infos)
+    if pid not in infos:
+        raise ValueError(f"no process with id {pid}; procs() are {sorted(infos)}")
+    host = infos[pid].hostname
+    return sorted(p for p, info in infos.items() if info.hostname == host)
+
+
+def nprocs() -> int:
+    """Number of processes, master included."""
+    return len(STATE.members) + 1
+
+
+def worker_id_from_socket(sock) -> int:
+    """The id of the process at the other end of `sock`; -1 if it is not a cluster link."""
+    with STATE.cond:
+        for pid, link in STATE.links.items():
+            if link.sock is sock or link.sock.fileno() == getattr(sock, "fileno", lambda: -2)():
+                return pid
+    return -1
+
+
+def add_members(infos: list[WorkerInfo], master: WorkerInfo | None = None) -> None:
+    """Record processes that joined (sent by the master to every worker)."""
+    with STATE.cond:
+        for info in infos:
+            if info.pid != STATE.myid and info.pid not in STATE.dead:
+                STATE.members[info.pid] = info
+            elif info.pid == STATE.myid:
+                STATE.members[info.pid] = info
+        if master is not None:
+            STATE.master_info = master
+        STATE.cond.notify_all()
+
+
+# -- links -----------------------------------------------------------------------------------
+def get_link(pid: int) -> Link:
+    """The link to process `pid`, connecting first if the topology allows it."""
+    link = STATE.links.get(pid)
+    if link is not None and not link.closed:
+        return link
+    return _connect(pid)
+
+
+def _connect(pid: int) -> Link:
+    deadline = time.monotonic() + settings.WORKER_TIMEOUT
+    with STATE.cond:
+        while True:
+            link = STATE.links.get(pid)
+            if link is not None and not link.closed:
+                return link
+            if pid in STATE.dead:
+                raise ProcessExitedException(pid)
+            if pid == STATE.myid:
+                raise ValueError(f"process {pid} is this process: it has no link to itself")
+            if STATE.myid == 1 or pid == 1:
+                raise (ProcessExitedException(pid) if pid == 1 else
+                       ValueError(f"no process with id {pid}; procs() are {procs()}"))
+            info = STATE.members.get(pid)
+            if info is None:
+                raise ValueError(f"no process with id {pid}; procs() are {procs()}")
+            if STATE.topology != "all_to_all":
+                raise TopologyError(f"process {STATE.myid} cannot call process {pid}: the cluster's "
+                                    f"topology is {STATE.topology!r}, which does not connect them; "
+                                    "use topology='all_to_all' or list the peer in connect_idents")
+            if pid not in STATE.dialing:
+                STATE.dialing.add(pid)
+                break
+            if not STATE.cond.wait(deadline - time.monotonic()):
+                raise TimeoutError(f"no link to process {pid} within {settings.WORKER_TIMEOUT:.0f} s")
+    try:
+        if STATE.myid > pid:
+            return dial_peer(info)
+        # The lower id asks the higher one, through the master, to dial it.
+        call_fetch(1, _ask_to_dial, pid, STATE.myid)
+        with STATE.cond:
+            if not STATE.cond.wait_for(lambda: pid in STATE.links or pid in STATE.dead,
+                                       deadline - time.monotonic()):
+                raise TimeoutError(f"process {pid} did not connect within {settings.WORKER_TIMEOUT:.0f} s")
+            if pid in STATE.dead:
+                raise ProcessExitedException(pid)
+            return STATE.links[pid]
+    finally:
+        with STATE.cond:
+            STATE.dialing.discard(pid)
+            STATE.cond.notify_all()
+
+
+def _ask_to_dial(higher: int, lower: int) -> None:
+    """Master: have worker `higher` dial worker `lower` (which asked for the link)."""
+    call_fetch(higher, _dial_back, lower)
+
+
+def _dial_back(lower: int) -> None:
+    get_link(lower)
+
+
+def dial_peer(info: WorkerInfo) -> Link:
+    """Dial and authenticate a peer worker, introduce ourselves, and register the link."""
+    sock = dial(info.host, info.port)
+    try:
+        handshake(sock, cluster_cookie(), dialer=True)
+    except BaseException:
+        sock.close()
+        raise
+    link = Link(sock, on_frame, on_close, peer=info.pid)
+    link.send(Kind.IDENT, dumps(STATE.myid)[0])
+    register_link(link)
+    return link
+
+
+def register_link(link: Link) -> None:
+    """Make `link` the link to its peer and start serving it."""
+    with STATE.cond:
+        old = STATE.links.get(link.peer)
+        STATE.links[link.peer] = link
+        STATE.cond.notify_all()
+    if old is not None and old is not link:
+        log.warning("pydist: replacing the link to process %s", link.peer)
+    link.start(f"pydist-reader-{link.peer}")
+    _start_heartbeat()
+
+
+def accept(sock: socket.socket, addr) -> None:
+    """Serve one incoming connection: authenticate, then read who it is (listener thread)."""
+    try:
+        handshake(sock, cluster_cookie(), dialer=False)
+    except (HandshakeError, OSError) as err:
+        log.warning("pydist: refused a connection from %s: %s", _addr(addr), err)
+        sock.close()
+        return
+    link = Link(sock, on_frame, on_close)
+    try:
+        sock.settimeout(settings.HANDSHAKE_TIMEOUT)
+        kind, _mode, _rrid, _msg_id, body, _buffers = link.read_frame()
+        sock.settimeout(None)
+        what = loads(body)
+    except Exception as err:
+        log.warning("pydist: closing a connection from %s: bad first frame (%s)", _addr(addr), err)
+        link.closed = True
+        sock.close()
+        return
+    if kind is Kind.IDENT and isinstance(what, int) and what > 1 and what != STATE.myid:
+        link.peer = what
+        register_link(link)
+    elif kind is Kind.JOIN and STATE.on_join is not None and not STATE.joined.is_set():
+        STATE.on_join(link, what)
+    elif kind is Kind.OFFER and STATE.on_offer is not None:
+        STATE.on_offer(link, what)
+    else:
+        log.warning("pydist: closing a connection from %s: unexpected %s", _addr(addr), kind.name)
+        link.closed = True
+        sock.close()
+
+
+STATE.on_join = None    # worker.py: fn(link, join) for the master's first frame
+
+
+def _addr(addr) -> str:
+    return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) and len(addr) >= 2 else str(addr)
+
+
+def listen(host: str, port: int = 0, advertise: str | None = None) -> tuple[str, int]:
+    """Start accepting cluster connections on host:port; returns the advertised address."""
+    from .transport import open_listener
+    listener = open_listener(host, port)
+    STATE.listener = listener
+    port = listener.getsockname()[1]
+    STATE.address = (advertise or host, port)
+    serve(listener, accept, "pydist-listener")
+    return STATE.address
+
+
+def on_frame(link: Link, kind: Kind, mode, rrid, msg_id, body, buffers) -> None:
+    handler = STATE.handlers.get(kind)
+    if handler is None:
+        raise ProtocolError(f"unexpected {kind.name} frame")
+    handler(link, mode, rrid, msg_id, body, buffers)
+
+
+def on_close(link: Link, reason: str) -> None:
+    pid = link.peer
+    if pid is None:
+        return
+    with STATE.cond:
+        if STATE.links.get(pid) is link:
+            del STATE.links[pid]
+        STATE.cond.notify_all()
+    if pid == 1 and STATE.myid != 1:
+        _master_gone(reason)
+    peer_exited(pid)
+
+
+def _master_gone(reason: str) -> None:
+    """A worker without its master exits at once: no orphans, whatever the backend."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(0)
+
+
+def peer_exited(pid: int) -> None:
+    """Forget process `pid`; run the exit hooks once (refs, pools, the master's registry)."""
+    with STATE.cond:
+        if pid in STATE.dead:
+            return
+        STATE.dead.add(pid)
+        STATE.members.pop(pid, None)
+        link = STATE.links.pop(pid, None)
+        STATE.cond.notify_all()
+    if link is not None:
+        link.close("the process has exited")
+    for hook in list(STATE.exit_hooks):
+        try:
+            hook(pid)
+        except Exception:
+            log.exception("pydist: an exit hook for process %s failed", pid)
+
+
+# -- calls -----------------------------------------------------------------------------------
+def send_call(pid: int, mode: Mode, func, args=(), kwargs=None, rrid=NO_RRID):
+    """Send `func(*args, **kwargs)` to process `pid`; returns the Reply for FETCH and WAIT."""
+    link = get_link(pid)
+    body, buffers = dumps((func, args, kwargs or {}), dest=pid)
+    if mode is Mode.FETCH or mode is Mode.WAIT:
+        return link.request(mode, body, buffers, rrid)
+    link.send(Kind.CALL, body, buffers, mode=mode, rrid=rrid)
+    return None
+
+
+def result(reply) -> object:
+    """Wait for a Reply and return its value, or raise what the call raised."""
+    reply.wait()
+    if reply.error is not None:
+        raise reply.error
+    if reply.kind is Kind.RESULT:
+        try:
+            return loads(reply.body, reply.buffers)
+        except Exception as err:
+            raise RemoteException(reply.pid, CapturedException(
+                type(err).__name__, f"the result could not be unpickled on process {STATE.myid}: {err}",
+                "")) from err
+    try:
+        exc = loads(reply.body)
+    except Exception as err:
+        exc = RemoteException(reply.pid, CapturedException(type(err).__name__, str(err)))
+    raise exc
+
+
+def call_fetch(pid: int, func, *args, **kwargs):
+    """Run func on process `pid` and return its result (no local shortcut: pid is remote)."""
+    return result(send_call(pid, Mode.FETCH, func, args, kwargs))
+
+
+# -- heartbeats ------------------------------------------------------------------------------
+def _start_heartbeat() -> None:
+    if STATE._heartbeat is not None or settings.HEARTBEAT_INTERVAL <= 0:
+        return
+    with STATE.cond:
+        if STATE._heartbeat is not None:
+            return
+        STATE._heartbeat = threading.Thread(target=_heartbeat_loop, name="pydist-heartbeat", daemon=True)
+    STATE._heartbeat.start()
+
+
+def _heartbeat_loop() -> None:
+    interval = settings.HEARTBEAT_INTERVAL
+    stop = threading.Event()
+    while not stop.wait(min(interval, settings.HEARTBEAT_TIMEOUT / 3)):
+        now = time.monotonic()
+        with STATE.cond:
+            links = list(STATE.links.values())
+        for link in links:
+            quiet = now - link.last_heard
+            if quiet > settings.HEARTBEAT_TIMEOUT:
+                log.warning("pydist: process %s did not answer for %.0f s: declaring it dead",
+                            link.peer, quiet)
+                link.close(f"no answer for {quiet:.0f} s (PYDIST_HEARTBEAT_TIMEOUT)")
+            elif quiet > interval:
+                try:
+                    link.send(Kind.PING)
+                except ProcessExitedException:
+                    pass

@@ -1,0 +1,502 @@
+"""Future, RemoteChannel and the distributed reference counting behind them (Julia: remoteref.jl).
+
+A reference names a value by RRID (whence, id): `whence` is the process that created the
+reference, `id` a counter there.  The value lives on the owner (`.where`), in this
+process's table `_refs` (rrid -> _RemoteValue), as Julia keeps it in `PGRP.refs`: a
+RemoteChannel's backing channel, or a one-slot Channel holding a Future's value.
+
+Counting holders.  The owner keeps, per rrid, how many live reference objects each process
+holds (`clients`).  The creator's object is counted when the entry is made.  When a
+reference is pickled for process D (serialize.destination()), the sender tells the owner
+first (ADD_CLIENT, on the same ordered link when D is the owner), so the count can never
+drop to zero while a copy is in flight; when a reference object dies, its process sends
+DEL_CLIENTS.  A Future that has fetched (or put) its value caches it and stops counting at
+once, and a cached value travels with the Future.  When every count is zero the owner
+frees the value; when a process exits, its counts are dropped.
+
+Reference objects die in `__del__`, which may run inside the garbage collector on any
+thread, holding any lock; so it only queues the release, and the thread `pydist-refs`
+(started at import) sends the batched DEL_CLIENTS and decrements local counts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from typing import Any, Callable, NamedTuple
+
+from .channel import Channel
+from .errors import InvalidStateError, RemoteException, remote_exception
+from .messages import Kind
+from .process import STATE, call_fetch, get_link, myid
+from .serialize import destination, dumps, loads
+
+
+class RRID(NamedTuple):
+    """The cluster-wide name of a Future or RemoteChannel: (creating process, counter)."""
+    whence: int
+    id: int
+
+
+class _Unset:
+    """Marks a Future whose value this copy has not seen yet."""
+
+    def __reduce__(self):
+        return "_UNSET"
+
+    def __repr__(self):
+        return "<unset>"
+
+
+_UNSET = _Unset()
+
+
+class _Failed:
+    """A call's exception kept as a Future's value: fetching it raises every time."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: RemoteException):
+        self.exc = exc
+
+    def __reduce__(self):
+        return (_Failed, (self.exc,))
+
+
+class _RemoteValue:
+    __slots__ = ("store", "clients", "is_set")
+
+    def __init__(self, store, whence: int):
+        self.store = store
+        self.clients = {whence: 1}
+        self.is_set = False
+
+
+_refs: dict[RRID, _RemoteValue] = {}
+_refs_lock = threading.Lock()        # guards _refs and every _RemoteValue's clients and is_set
+_counter = itertools.count(1)
+_held_lock = threading.Lock()        # guards every reference object's _held flag
+_releases: queue.SimpleQueue = queue.SimpleQueue()   # (owner, rrid) dropped by __del__
+
+
+def _next_rrid() -> RRID:
+    return RRID(myid(), next(_counter))
+
+
+# -- the owner's table ---------------------------------------------------------------------
+def _lookup(rrid: RRID, make_store: Callable[[], Any] = Channel) -> _RemoteValue:
+    """The owner's entry for rrid, created on first use (Julia: lookup_ref)."""
+    rv = _refs.get(rrid)
+    if rv is not None:
+        return rv
+    store = make_store()
+    with _refs_lock:
+        rv = _refs.get(rrid)
+        if rv is None:
+            rv = _refs[rrid] = _RemoteValue(store, rrid.whence)
+    return rv
+
+
+def _add_client(rrid: RRID, pid: int) -> None:
+    rv = _lookup(rrid)
+    with _refs_lock:
+        rv.clients[pid] = rv.clients.get(pid, 0) + 1
+
+
+def _del_client(rrid: RRID, pid: int) -> None:
+    freed = None
+    with _refs_lock:
+        rv = _refs.get(rrid)
+        if rv is None:
+            return
+        count = rv.clients.get(pid, 0) - 1
+        if count:
+            rv.clients[pid] = count       # negative while an ADD from elsewhere is in flight
+        else:
+            rv.clients.pop(pid, None)
+        if not rv.clients:
+            freed = _refs.pop(rrid)
+    del freed                             # the value may hold references: drop it unlocked
+
+
+def _drop_process(pid: int) -> None:
+    """Exit hook: an exited process holds nothing any more."""
+    freed = []
+    with _refs_lock:
+        for rrid, rv in list(_refs.items()):
+            if rv.clients.pop(pid, None) is not None and not rv.clients:
+                freed.append(_refs.pop(rrid))
+    del freed
+
+
+def _count_new_holder(owner: int, rrid: RRID) -> None:
+    """A reference is being pickled for another process: tell the owner before it arrives."""
+    dest = destination()
+    if dest is None:
+        return
+    if owner == myid():
+        _add_client(rrid, dest)
+        return
+    try:
+        get_link(owner).send(Kind.ADD_CLIENT, rrid=rrid, msg_id=dest)
+    except Exception:
+        pass        # the owner is gone or unreachable: there is nothing left to keep alive
+
+
+def _on_add_client(link, mode, rrid, msg_id, body, buffers) -> None:
+    _add_client(RRID(*rrid), msg_id)
+
+
+def _on_del_clients(link, mode, rrid, msg_id, body, buffers) -> None:
+    for one in loads(body):
+        _del_client(RRID(*one), link.peer)
+
+
+def _release_loop() -> None:
+    while True:
+        batch = [_releases.get()]
+        while True:
+            try:
+                batch.append(_releases.get_nowait())
+            except queue.Empty:
+                break
+        by_owner: dict[int, list[RRID]] = {}
+        for owner, rrid in batch:
+            by_owner.setdefault(owner, []).append(rrid)
+        for owner, rrids in by_owner.items():
+            try:
+                if owner == myid():
+                    for rrid in rrids:
+                        _del_client(rrid, owner)
+                elif owner not in STATE.dead:
+                    get_link(owner).send(Kind.DEL_CLIENTS, dumps([tuple(r) for r in rrids])[0])
+            except Exception:
+                pass    # owner gone: its values went with it
+
+
+def _release_now(owner: int, rrid: RRID) -> None:
+    """Drop this process's count for rrid from a normal thread (not from __del__)."""
+    if owner == myid():
+        _del_client(rrid, owner)
+    else:
+        _releases.put((owner, rrid))
+
+
+STATE.handlers[Kind.ADD_CLIENT] = _on_add_client
+STATE.handlers[Kind.DEL_CLIENTS] = _on_del_clients
+STATE.exit_hooks.append(_drop_process)
+threading.Thread(target=_release_loop, name="pydist-refs", daemon=True).start()
+
+
+# -- owner-side operations (run on the owner; importable so they travel by reference) -------
+def store_outcome(rrid: RRID, value: Any) -> None:
+    """Keep a finished call's value (or _Failed) as the Future rrid's value, if still wanted."""
+    rv = _refs.get(rrid)
+    if rv is None:
+        return        # every holder dropped the Future before the call finished
+    with _refs_lock:
+        if rv.is_set:
+            return
+        rv.is_set = True
+    rv.store.put(value)
+
+
+def _owner_fetch(rrid: RRID, release: int | None):
+    rv = _lookup(rrid)
+    value = rv.store.fetch()
+    if release is not None:
+        _del_client(rrid, release)
+    return value
+
+
+def _owner_put_future(rrid: RRID, value, release: int | None) -> None:
+    rv = _lookup(rrid)
+    with _refs_lock:
+        if rv.is_set:
+            raise InvalidStateError(f"Future {tuple(rrid)} is already set: a Future can be set only once")
+        rv.is_set = True
+    rv.store.put(value)
+    if release is not None:
+        _del_client(rrid, release)
+
+
+def _owner_wait(rrid: RRID):
+    rv = _lookup(rrid)
+    rv.store.wait()
+    value = rv.store.fetch()
+    return value if isinstance(value, _Failed) else None
+
+
+def _owner_isready(rrid: RRID) -> bool:
+    return _lookup(rrid).store.isready()
+
+
+def _owner_create(rrid: RRID, make_store) -> None:
+    _lookup(rrid, make_store)
+
+
+def _owner_op(rrid: RRID, op: str, args: tuple):
+    return getattr(_lookup(rrid).store, op)(*args)
+
+
+def _unwrap(value):
+    if isinstance(value, _Failed):
+        raise value.exc
+    return value
+
+
+# -- the reference objects ------------------------------------------------------------------
+class _Ref:
+    __slots__ = ("where", "whence", "id", "_held", "__weakref__")
+
+    def _init(self, where: int, rrid: RRID, held: bool) -> None:
+        self.where = where
+        self.whence, self.id = rrid
+        self._held = held
+
+    @property
+    def rrid(self) -> RRID:
+        return RRID(self.whence, self.id)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Ref) and (self.whence, self.id) == (other.whence, other.id)
+
+    def __hash__(self) -> int:
+        return hash((self.whence, self.id))
+
+    def _take_held(self) -> bool:
+        """Claim this object's count (once) so exactly one path releases it."""
+        with _held_lock:
+            held, self._held = self._held, False
+        return held
+
+    def __del__(self):
+        try:
+            if self._held:
+                _releases.put((self.where, RRID(self.whence, self.id)))
+        except Exception:
+            pass        # interpreter shutdown
+
+
+class Future(_Ref):
+    """A value that will be produced once, owned by process `.where` (Julia: Future).
+
+    `remotecall` returns one; `Future(pid)` makes an unset one to `put` into later.
+    Fetching caches the value in this copy; the owner frees its copy once no process holds
+    an unfetched reference."""
+
+    __slots__ = ("_v",)
+
+    def __init__(self, pid: int | None = None):
+        self._init(myid() if pid is None else int(pid), _next_rrid(), True)
+        self._v = _UNSET
+
+    def fetch(self) -> Any:
+        """The value, waiting for it; raises RemoteException if the call failed (every time)."""
+        value = self._v
+        if value is _UNSET:
+            rrid = self.rrid
+            if self.where == myid():
+                value = _lookup(rrid).store.fetch()
+                self._v = value
+                if self._take_held():
+                    _release_now(self.where, rrid)
+            else:
+                release = myid() if self._take_held() else None
+                try:
+                    value = call_fetch(self.where, _owner_fetch, rrid, release)
+                except BaseException:
+                    if release is not None:
+                        self._held = True
+                    raise
+                self._v = value
+        return _unwrap(value)
+
+    def put(self, value: Any) -> "Future":
+        """Set the value; a Future can be set once only (InvalidStateError, or
+        RemoteException when its owner refused)."""
+        if self._v is not _UNSET:
+            raise InvalidStateError("this Future is already set: a Future can be set only once")
+        release = myid() if self._take_held() else None
+        try:
+            if self.where == myid():
+                _owner_put_future(self.rrid, value, release)
+            else:
+                call_fetch(self.where, _owner_put_future, self.rrid, value, release)
+        except BaseException:
+            if release is not None:
+                self._held = True
+            raise
+        self._v = value
+        return self
+
+    def isready(self) -> bool:
+        """True if fetch would not block."""
+        if self._v is not _UNSET:
+            return True
+        if self.where == myid():
+            return _lookup(self.rrid).store.isready()
+        return call_fetch(self.where, _owner_isready, self.rrid)
+
+    def wait(self) -> "Future":
+        """Block until the value is set; raises RemoteException if the call failed."""
+        if self._v is not _UNSET:
+            _unwrap(self._v)
+            return self
+        if self.where == myid():
+            store = _lookup(self.rrid).store
+            store.wait()
+            failed = store.fetch()
+        else:
+            failed = call_fetch(self.where, _owner_wait, self.rrid)
+        _unwrap(failed)
+        return self
+
+    def done(self) -> bool:
+        return self.isready()
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self.fetch()
+
+    def __reduce__(self):
+        value = self._v
+        if value is _UNSET:
+            _count_new_holder(self.where, self.rrid)
+        return (_rebuild_future, (self.where, self.whence, self.id, value))
+
+    def __repr__(self) -> str:
+        state = "unset" if self._v is _UNSET else "set"
+        return f"Future(where={self.where}, whence={self.whence}, id={self.id}, {state})"
+
+
+def _rebuild_future(where, whence, id_, value) -> Future:
+    fut = Future.__new__(Future)
+    fut._init(where, RRID(whence, id_), value is _UNSET)
+    fut._v = value
+    return fut
+
+
+class RemoteChannel(_Ref):
+    """A channel that lives on process `.where` and can be used from any process.
+
+    `RemoteChannel(pid=None, size=1)` backs it with a `Channel(size)`;
+    `RemoteChannel(factory, pid)` runs `factory()` on pid to make the backing channel."""
+
+    __slots__ = ()
+
+    def __init__(self, pid: int | Callable[[], Any] | None = None, size: Any = None, *,
+                 factory: Callable[[], Any] | None = None):
+        if callable(pid):
+            factory, pid, size = pid, size, None
+        where = myid() if pid is None else int(pid)
+        if factory is None:
+            factory = _ChannelFactory(1 if size is None else size)
+        rrid = _next_rrid()
+        if where == myid():
+            _lookup(rrid, factory)
+        else:
+            call_fetch(where, _owner_create, rrid, factory)
+        self._init(where, rrid, True)
+
+    def _op(self, op: str, *args):
+        if self.where == myid():
+            return getattr(_lookup(self.rrid).store, op)(*args)
+        return call_fetch(self.where, _owner_op, self.rrid, op, args)
+
+    def put(self, value: Any) -> "RemoteChannel":
+        """Append value, blocking while the channel is full (InvalidStateError if closed)."""
+        self._op("put", value)
+        return self
+
+    def take(self) -> Any:
+        """Remove and return the first item, blocking while empty."""
+        return self._op("take")
+
+    def fetch(self) -> Any:
+        """The first item, without removing it, blocking while empty."""
+        return self._op("fetch")
+
+    def isready(self) -> bool:
+        return self._op("isready")
+
+    def wait(self) -> "RemoteChannel":
+        """Block until an item is there; it is not removed."""
+        self._op("wait")
+        return self
+
+    def close(self) -> None:
+        self._op("close")
+
+    def __iter__(self):
+        while True:
+            try:
+                yield self.take()
+            except InvalidStateError:
+                return
+
+    def __reduce__(self):
+        _count_new_holder(self.where, self.rrid)
+        return (_rebuild_channel, (self.where, self.whence, self.id))
+
+    def __repr__(self) -> str:
+        return f"RemoteChannel(where={self.where}, whence={self.whence}, id={self.id})"
+
+
+class _ChannelFactory:
+    """Makes the default backing Channel; picklable, so it can be run on the owner."""
+
+    def __init__(self, size):
+        self.size = size
+
+    def __call__(self) -> Channel:
+        return Channel(self.size)
+
+
+def _rebuild_channel(where, whence, id_) -> RemoteChannel:
+    rc = RemoteChannel.__new__(RemoteChannel)
+    rc._init(where, RRID(whence, id_), True)
+    return rc
+
+
+# -- functions of API.md ------------------------------------------------------------------
+def remoteref_id(ref: _Ref) -> RRID:
+    """The RRID naming a Future or RemoteChannel (Julia: remoteref_id)."""
+    return ref.rrid
+
+
+def channel_from_id(rrid) -> Any:
+    """The backing channel of the reference `rrid` on its owner (Julia: channel_from_id).
+
+    Raises KeyError when this process holds nothing under that id."""
+    return _refs[RRID(*rrid)].store
+
+
+def fetch(x: Any) -> Any:
+    """A Future's value, a RemoteChannel's first item; anything else is returned as is."""
+    if isinstance(x, (_Ref, Channel)):
+        return x.fetch()
+    return x
+
+
+def put(ref, value: Any):
+    """Put value into a Future, RemoteChannel or Channel (Julia: put!)."""
+    return ref.put(value)
+
+
+def take(ref) -> Any:
+    """Take the first item of a RemoteChannel or Channel (Julia: take!); not for a Future."""
+    if isinstance(ref, Future):
+        raise TypeError("take is not defined for a Future (it holds one value): use fetch")
+    return ref.take()
+
+
+def isready(ref) -> bool:
+    """True if fetch (or take) would not block."""
+    return ref.isready()
+
+
+def wait(ref):
+    """Wait for a Future, RemoteChannel, Channel or anything with .wait()."""
+    ref.wait()
+    return ref

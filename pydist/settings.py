@@ -1,0 +1,49 @@
+"""Tunables, each read once from its PYDIST_* environment variable (the one place they are read).
+
+Workers inherit the master's environment where the manager passes it on, so a setting made
+before `addprocs` applies to both ends of a link.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+def _int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+# A worker that has not printed its address, or a joining worker that has not been
+# accepted, within this many seconds counts as failed (Julia: JULIA_WORKER_TIMEOUT).
+WORKER_TIMEOUT = _float("PYDIST_WORKER_TIMEOUT", 60.0)
+
+# A peer must finish the authentication handshake within this time; a silent or slow
+# client cannot hold a listener thread longer than that.
+HANDSHAKE_TIMEOUT = _float("PYDIST_HANDSHAKE_TIMEOUT", 10.0)
+
+# Largest frame (body plus buffers) accepted from a peer. Bigger frames close the link
+# instead of allocating memory an attacker or a bug asked for.
+MAX_FRAME_BYTES = _int("PYDIST_MAX_FRAME_BYTES", 8 << 30)
+
+# Most out-of-band buffers in one frame.
+MAX_BUFFERS = _int("PYDIST_MAX_BUFFERS", 4096)
+
+# Most calls a link may have waiting for an answer; past it a new call raises at once
+# instead of queueing without bound.
+MAX_PENDING_CALLS = _int("PYDIST_MAX_PENDING_CALLS", 1_000_000)
+
+# Heartbeats: a link silent for HEARTBEAT_INTERVAL gets a PING; a peer silent for
+# HEARTBEAT_TIMEOUT is declared dead. 0 disables.
+HEARTBEAT_INTERVAL = _float("PYDIST_HEARTBEAT_INTERVAL", 5.0)
+HEARTBEAT_TIMEOUT = _float("PYDIST_HEARTBEAT_TIMEOUT", 30.0)
+
+# How long `kill` waits for a worker to leave after asking it to, before SIGTERM, and
+# after SIGTERM before SIGKILL.
+EXIT_TIMEOUT = _float("PYDIST_EXIT_TIMEOUT", 5.0)
+TERM_TIMEOUT = _float("PYDIST_TERM_TIMEOUT", 2.0)

@@ -1,0 +1,374 @@
+"""Connections between cluster processes: authentication, framing, reader threads, sending.
+
+Handshake (before any byte is unpickled; the cookie itself never crosses the wire):
+
+    dialer   -> acceptor   HELLO  = "PYDIST" | protocol u16 | python major u8, minor u8 | nonce_d
+    acceptor -> dialer     HELLO  (with nonce_a) | HMAC(cookie, "A" | nonce_d | nonce_a)
+    dialer   -> acceptor   HMAC(cookie, "D" | nonce_a | nonce_d)
+    acceptor -> dialer     b"K"
+
+Each side proves it knows the cookie over the other side's fresh nonce; the role letter
+stops a reflected answer from counting. A peer with other protocol or Python versions is
+refused with both versions named. Everything after the handshake is frames (messages.py).
+
+Threads: each `Link` has one reader thread (`pydist-reader-<pid>`), started by its owner
+(cluster.py), which reads frames, resolves replies and hands other frames to the owner's
+callback. Any thread may send; `_send_lock` keeps frames whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import logging
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+
+from . import settings
+from .errors import ProcessExitedException
+from .messages import BUFFER_LENGTH, HEADER, NO_RRID, Kind
+
+log = logging.getLogger("pydist")
+
+PROTOCOL_VERSION = 1
+MAGIC = b"PYDIST"
+HELLO = struct.Struct("!6sHBB32s")
+MAC_SIZE = 32
+ACCEPTED = b"K"
+_KINDS = frozenset(int(k) for k in Kind)
+_SMALL_FRAME = 1 << 16       # frames up to this size are joined and sent with one syscall
+
+
+class HandshakeError(ConnectionError):
+    """The peer is not a pydist process of this cluster (wrong cookie, garbage, other version)."""
+
+
+class ProtocolError(ConnectionError):
+    """An authenticated peer sent a frame that breaks the wire format."""
+
+
+def _versions(protocol: int, major: int, minor: int) -> str:
+    return f"pydist protocol {protocol}, Python {major}.{minor}"
+
+
+def handshake(sock: socket.socket, cookie: str, dialer: bool) -> None:
+    """Authenticate both ends of `sock` with the cluster cookie; raise HandshakeError if not.
+
+    Blocks at most HANDSHAKE_TIMEOUT seconds."""
+    key = cookie.encode()
+    nonce = os.urandom(32)
+    mine = HELLO.pack(MAGIC, PROTOCOL_VERSION, sys.version_info[0], sys.version_info[1], nonce)
+    old_timeout = sock.gettimeout()
+    sock.settimeout(settings.HANDSHAKE_TIMEOUT)
+    try:
+        if dialer:
+            sock.sendall(mine)
+            theirs = _check_hello(_recv_exact(sock, HELLO.size))
+            mac = _recv_exact(sock, MAC_SIZE)
+            if not hmac.compare_digest(mac, _mac(key, b"A", nonce, theirs)):
+                raise HandshakeError("the peer failed authentication: it holds another cluster cookie")
+            sock.sendall(_mac(key, b"D", theirs, nonce))
+            if _recv_exact(sock, 1) != ACCEPTED:
+                raise HandshakeError("the peer refused our authentication")
+        else:
+            hello = _recv_exact(sock, HELLO.size)
+            theirs = _check_hello(hello, answer=lambda: sock.sendall(mine + bytes(MAC_SIZE)))
+            sock.sendall(mine + _mac(key, b"A", theirs, nonce))
+            mac = _recv_exact(sock, MAC_SIZE)
+            if not hmac.compare_digest(mac, _mac(key, b"D", nonce, theirs)):
+                raise HandshakeError("wrong cluster cookie")
+            sock.sendall(ACCEPTED)
+    except socket.timeout as err:
+        raise HandshakeError(f"no handshake within {settings.HANDSHAKE_TIMEOUT:.0f} s") from err
+    except EOFError as err:
+        raise HandshakeError("the peer closed the connection during the handshake") from err
+    finally:
+        try:
+            sock.settimeout(old_timeout)
+        except OSError:
+            pass
+
+
+def _check_hello(data: bytes, answer=None) -> bytes:
+    magic, protocol, major, minor, nonce = HELLO.unpack(data)
+    if magic != MAGIC:
+        raise HandshakeError(f"not a pydist peer (first bytes {data[:8]!r})")
+    if (protocol, major, minor) != (PROTOCOL_VERSION, *sys.version_info[:2]):
+        if answer is not None:      # let the dialer see our versions and report both
+            try:
+                answer()
+            except OSError:
+                pass
+        raise HandshakeError(f"version mismatch: the peer speaks {_versions(protocol, major, minor)}, "
+                             f"this process {_versions(PROTOCOL_VERSION, *sys.version_info[:2])}; "
+                             "install the same pydist and Python minor version on every host")
+    return nonce
+
+
+def _mac(key: bytes, role: bytes, first: bytes, second: bytes) -> bytes:
+    return hmac.new(key, role + first + second, hashlib.sha256).digest()
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = bytearray()
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return bytes(data)
+
+
+class Reply:
+    """The answer to one call, filled in by the link's reader thread.
+
+    Waiting costs one lock acquire; `add_done_callback` runs a function when the answer
+    arrives (on the reader thread, so it must be quick)."""
+
+    __slots__ = ("pid", "kind", "body", "buffers", "error", "_done", "_callbacks")
+    _callbacks_lock = threading.Lock()       # guards every Reply's _callbacks
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.kind = self.body = self.buffers = self.error = None
+        self._done = threading.Lock()
+        self._done.acquire()
+        self._callbacks: list | None = []
+
+    def set(self, kind, body, buffers, error: BaseException | None = None) -> None:
+        self.kind, self.body, self.buffers, self.error = kind, body, buffers, error
+        with Reply._callbacks_lock:
+            callbacks, self._callbacks = self._callbacks, None
+        self._done.release()
+        for fn in callbacks or ():
+            try:
+                fn(self)
+            except Exception:
+                log.exception("pydist: a reply callback failed")
+
+    def add_done_callback(self, fn) -> None:
+        with Reply._callbacks_lock:
+            if self._callbacks is not None:
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    def done(self) -> bool:
+        return self._callbacks is None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._done.acquire(timeout=-1 if timeout is None else max(timeout, 0)):
+            self._done.release()
+            return True
+        return False
+
+
+class Link:
+    """One authenticated connection to one peer process, serving both directions.
+
+    `on_frame(link, kind, mode, rrid, msg_id, body, buffers)` gets every frame that is not
+    a reply; `on_close(link, reason)` runs once when the link is gone."""
+
+    def __init__(self, sock: socket.socket, on_frame, on_close, peer: int | None = None):
+        self.sock = sock
+        self.peer = peer
+        # Receive buffer: recv_into a 64 KiB block, frames are cut out of it; big bodies and
+        # buffers are received straight into their own memory. (A BufferedReader from
+        # sock.makefile() measured twice the round-trip time here.)
+        self._rbuf = bytearray(1 << 16)
+        self._rview = memoryview(self._rbuf)
+        self._start = self._end = 0
+        self._on_frame = on_frame
+        self._on_close = on_close
+        self._send_lock = threading.Lock()      # guards writes to sock: one whole frame at a time
+        self._pending_lock = threading.Lock()   # guards _pending and closed
+        self._pending: dict[int, Reply] = {}
+        self._ids = itertools.count(1)
+        self.closed = False
+        self.close_reason = ""
+        self.last_heard = time.monotonic()
+        self._reader: threading.Thread | None = None
+
+    # -- sending ---------------------------------------------------------------------------
+    def send(self, kind: Kind, body: bytes = b"", buffers=(), mode: int = 0, rrid=NO_RRID,
+             msg_id: int = 0) -> None:
+        """Send one frame; raises ProcessExitedException if the link is gone."""
+        header = HEADER.pack(kind, mode, len(buffers), rrid[0], rrid[1], msg_id, len(body))
+        sizes = b"".join(BUFFER_LENGTH.pack(b.nbytes) for b in buffers)
+        big = sum(b.nbytes for b in buffers) > _SMALL_FRAME
+        try:
+            with self._send_lock:
+                if big:
+                    self.sock.sendall(b"".join((header, sizes, body)))
+                    for buf in buffers:
+                        self.sock.sendall(buf)
+                else:
+                    self.sock.sendall(b"".join((header, sizes, body, *buffers)))
+        except OSError as err:
+            self.close(f"send failed: {err}")
+            raise ProcessExitedException(self.peer or -1, "the connection to it is lost") from err
+
+    def request(self, mode: int, body: bytes, buffers, rrid=NO_RRID) -> Reply:
+        """Send a CALL that will be answered; returns the Reply to wait on."""
+        reply = Reply(self.peer)
+        call_id = next(self._ids)
+        with self._pending_lock:
+            if self.closed:
+                raise ProcessExitedException(self.peer, self.close_reason)
+            if len(self._pending) >= settings.MAX_PENDING_CALLS:
+                raise RuntimeError(f"{len(self._pending)} calls to process {self.peer} are already "
+                                   "waiting for an answer (PYDIST_MAX_PENDING_CALLS); wait for some "
+                                   "of them before sending more")
+            self._pending[call_id] = reply
+        self.send(Kind.CALL, body, buffers, mode=mode, rrid=rrid, msg_id=call_id)
+        return reply
+
+    # -- receiving -------------------------------------------------------------------------
+    def read_frame(self):
+        """Read one frame: (kind, mode, rrid, msg_id, body, buffers). Raises on bad input."""
+        kind, mode, nbuf, whence, rid, msg_id, size = HEADER.unpack(self._read(HEADER.size))
+        if kind not in _KINDS:
+            raise ProtocolError(f"unknown message kind {kind}")
+        if nbuf > settings.MAX_BUFFERS:
+            raise ProtocolError(f"{nbuf} buffers in one frame (limit {settings.MAX_BUFFERS})")
+        sizes = [BUFFER_LENGTH.unpack(self._read(8))[0] for _ in range(nbuf)]
+        total = size + sum(sizes)
+        if total > settings.MAX_FRAME_BYTES:
+            raise ProtocolError(f"a frame of {total} bytes exceeds PYDIST_MAX_FRAME_BYTES="
+                                f"{settings.MAX_FRAME_BYTES}")
+        body = self._read(size)
+        buffers = [self._read(n) for n in sizes]
+        self.last_heard = time.monotonic()
+        return Kind(kind), mode, (whence, rid), msg_id, body, buffers
+
+    def _read(self, n: int) -> bytearray:
+        start = self._start
+        if n <= self._end - start:
+            self._start = start + n
+            return self._rbuf[start:start + n]
+        out = bytearray(n)
+        view = memoryview(out)
+        got = self._end - start
+        view[:got] = self._rview[start:self._end]
+        self._start = self._end = 0
+        recv_into = self.sock.recv_into
+        block = len(self._rbuf)
+        while got < n:
+            if n - got >= block:
+                k = recv_into(view[got:])
+                if not k:
+                    raise EOFError("connection closed")
+                got += k
+            else:
+                k = recv_into(self._rview)
+                if not k:
+                    raise EOFError("connection closed")
+                take = min(k, n - got)
+                view[got:got + take] = self._rview[:take]
+                got += take
+                self._start, self._end = take, k
+        return out
+
+    def start(self, name: str) -> None:
+        """Start the reader thread; the link then serves frames until it closes."""
+        self._reader = threading.Thread(target=self._read_loop, name=name, daemon=True)
+        self._reader.start()
+
+    def _read_loop(self) -> None:
+        reason = "closed"
+        try:
+            while True:
+                kind, mode, rrid, msg_id, body, buffers = self.read_frame()
+                if kind is Kind.RESULT or kind is Kind.ERROR:
+                    with self._pending_lock:
+                        reply = self._pending.pop(msg_id, None)
+                    if reply is not None:
+                        reply.set(kind, body, buffers)
+                elif kind is Kind.PING:
+                    self.send(Kind.PONG)
+                elif kind is Kind.PONG:
+                    pass
+                else:
+                    try:
+                        self._on_frame(self, kind, mode, rrid, msg_id, body, buffers)
+                    except (ProtocolError, ProcessExitedException):
+                        raise
+                    except Exception:
+                        log.exception("pydist: handling a %s frame from process %s failed",
+                                      kind.name, self.peer)
+        except ProtocolError as err:
+            reason = f"protocol error: {err}"
+            log.warning("pydist: closing the link to process %s: %s", self.peer, err)
+        except (OSError, EOFError, ValueError, ProcessExitedException) as err:
+            reason = f"connection lost ({err or type(err).__name__})"
+        finally:
+            self.close(reason)
+
+    # -- closing ---------------------------------------------------------------------------
+    def close(self, reason: str = "closed") -> None:
+        """Close the link once: fail its pending calls, then tell the owner."""
+        with self._pending_lock:
+            if self.closed:
+                return
+            self.closed = True
+            self.close_reason = reason
+            pending, self._pending = self._pending, {}
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        for reply in pending.values():
+            reply.set(None, None, None, ProcessExitedException(self.peer, reason))
+        self._on_close(self, reason)
+
+
+def open_listener(host: str, port: int = 0) -> socket.socket:
+    """A listening TCP socket on host:port (port 0 picks a free one); IPv6 hosts work too."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    return sock
+
+
+def serve(listener: socket.socket, on_socket, name: str) -> threading.Thread:
+    """Accept connections on a thread of their own; each one is handed to `on_socket` on a
+    new thread, so a slow or silent client never delays the next one."""
+
+    def accept_loop():
+        while True:
+            try:
+                sock, addr = listener.accept()
+            except OSError:
+                return                      # listener closed
+            tune(sock)
+            threading.Thread(target=on_socket, args=(sock, addr), daemon=True,
+                             name=f"{name}-handshake").start()
+
+    thread = threading.Thread(target=accept_loop, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def dial(host: str, port: int, timeout: float = settings.HANDSHAKE_TIMEOUT) -> socket.socket:
+    """Open a TCP connection to host:port, tuned for small-message latency."""
+    sock = socket.create_connection((host, port), timeout=timeout)
+    sock.settimeout(None)
+    tune(sock)
+    return sock
+
+
+def tune(sock: socket.socket) -> None:
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)

@@ -1,0 +1,185 @@
+"""The worker process: `python -m pydist.worker` (Julia: `julia --worker`).
+
+Master connects (local, SSH, Docker): the worker reads the cookie as the first line of its
+stdin, listens, prints `pydist_worker:PORT#HOST` on stdout and waits for the master to dial
+it and send JOIN.  Worker connects (Kubernetes, Slurm, Helm, ElasticManager):
+`python -m pydist.worker --join HOST:PORT --cookie-file F` dials the master, retrying with
+backoff for `--join-timeout` seconds, offers itself and waits for JOIN.
+
+Either way the worker also listens for its peers, and exits as soon as its link to the
+master is gone, so no worker outlives its cluster.  `time.sleep` is made interruptible, and
+SIGINT interrupts the running calls instead of killing the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import types
+from typing import TextIO
+
+from .. import settings
+from ..calls import interrupt_calls, interruptible_sleep
+from ..messages import Kind
+from ..process import STATE, WorkerInfo, add_members, cluster_cookie, dial_peer, listen, register_link
+from ..serialize import dumps, loads
+from ..transport import HandshakeError, Link, dial, handshake
+
+ADDRESS_PREFIX = "pydist_worker:"
+
+
+def format_address(port: int, host: str) -> str:
+    """The line a worker prints once it listens (read by `parse_address` on the master)."""
+    return f"{ADDRESS_PREFIX}{port}#{host}"
+
+
+def parse_address(line: str) -> tuple[str, int] | None:
+    """(host, port) from a `pydist_worker:PORT#HOST` line; None for any other line."""
+    line = line.strip()
+    if not line.startswith(ADDRESS_PREFIX):
+        return None
+    port, _, host = line[len(ADDRESS_PREFIX):].partition("#")
+    return host, int(port)
+
+
+def init_worker(cookie: str | None = None, manager=None) -> None:
+    """Make this process a worker-to-be: set the cookie and wait for a master's JOIN
+    (Julia: init_worker)."""
+    if cookie is not None:
+        cluster_cookie(cookie)
+    STATE.myid = 0              # no id until the master sends JOIN
+    STATE.on_join = _on_join
+    time.sleep = interruptible_sleep
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, lambda *_: interrupt_calls())
+
+
+def start_worker(out: TextIO = sys.stdout, cookie: str | None = None, bind: str = "0.0.0.0",
+                 advertise: str | None = None) -> None:
+    """Listen, print the address line on `out`, serve the cluster; never returns
+    (Julia: start_worker). Exits with status 1 if no master joins within WORKER_TIMEOUT."""
+    init_worker(cookie)
+    host, port = listen(bind, 0, advertise or _advertised(bind))
+    print(format_address(port, host), file=out, flush=True)
+    if not STATE.joined.wait(settings.WORKER_TIMEOUT):
+        print(f"pydist worker: no master connected within {settings.WORKER_TIMEOUT:.0f} s "
+              "(PYDIST_WORKER_TIMEOUT); exiting", file=sys.stderr, flush=True)
+        os._exit(1)
+    threading.Event().wait()     # serve until the master's link closes (which exits)
+
+
+def join_master(host: str, port: int, cookie: str, timeout: float, bind: str = "0.0.0.0",
+                advertise: str | None = None, ident: str | None = None) -> None:
+    """Dial the master at host:port and join it (worker connects); never returns."""
+    init_worker(cookie)
+    my_host, my_port = listen(bind, 0, advertise or _advertised(bind))
+    sock = _dial_with_backoff(host, port, timeout)
+    link = Link(sock, None, None)
+    offer = {"ident": ident or os.environ.get("PYDIST_WORKER_IDENT") or socket.gethostname(),
+             "host": my_host, "port": my_port, "hostname": STATE.hostname, "ospid": os.getpid()}
+    link.send(Kind.OFFER, dumps(offer)[0])
+    kind, _mode, _rrid, _msg_id, body, _buffers = link.read_frame()
+    if kind is not Kind.JOIN:
+        raise SystemExit(f"pydist worker: the master at {host}:{port} answered {kind.name}, not JOIN")
+    from ..process import on_close, on_frame
+    link._on_frame, link._on_close = on_frame, on_close
+    _on_join(link, loads(body))
+    threading.Event().wait()
+
+
+def _dial_with_backoff(host: str, port: int, timeout: float):
+    deadline = time.monotonic() + timeout
+    delay, last = 0.1, None
+    pause = threading.Event()
+    while time.monotonic() < deadline:
+        try:
+            sock = dial(host, port)
+        except OSError as err:
+            last = err
+            pause.wait(min(delay, max(deadline - time.monotonic(), 0)))
+            delay = min(delay * 2, 5.0)
+            continue
+        try:
+            handshake(sock, cluster_cookie(), dialer=True)
+            return sock
+        except HandshakeError as err:
+            sock.close()
+            raise SystemExit(f"pydist worker: the master at {host}:{port} refused us: {err}") from err
+    raise SystemExit(f"pydist worker: could not reach the master at {host}:{port} for {timeout:.0f} s "
+                     f"({last}); check the address and that addprocs(ElasticManager(...)) is running")
+
+
+def _on_join(link: Link, join: dict) -> None:
+    """The master's JOIN: take the id, learn the cluster, dial peers, answer JOINED."""
+    STATE.myid = join["pid"]
+    STATE.cluster_id = join["cluster_id"]
+    STATE.topology = join["topology"]
+    STATE.lazy = join["lazy"]
+    for path in join.get("sys_path", ()):
+        if path not in sys.path and (path == "" or os.path.isdir(path)):
+            sys.path.append(path)
+    add_members(join["members"], join["master"])
+    link.peer = 1
+    for info in join["dial"]:
+        dial_peer(info)
+    host, port = STATE.address
+    me = WorkerInfo(STATE.myid, host, port, STATE.hostname, os.getpid())
+    add_members([me])
+    link.send(Kind.JOINED, dumps(me)[0])
+    register_link(link)
+    STATE.joined.set()
+
+
+def _advertised(bind: str) -> str:
+    """The address peers should dial: the bind address, or this host's own address."""
+    if bind not in ("0.0.0.0", "::", ""):
+        return bind
+    try:
+        candidates = {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)}
+    except OSError:
+        candidates = set()
+    routable = sorted(a for a in candidates if not a.startswith("127."))
+    return routable[0] if routable else "127.0.0.1"
+
+
+def _read_cookie(args) -> str:
+    if args.cookie_file:
+        with open(args.cookie_file) as f:
+            return f.read().strip()
+    if args.cookie_env:
+        with open(os.environ[args.cookie_env]) as f:
+            return f.read().strip()
+    line = sys.stdin.readline().strip()
+    if not line:
+        raise SystemExit("pydist worker: expected the cluster cookie as the first line of stdin")
+    return line
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pydist.worker", description=__doc__.split("\n")[0])
+    parser.add_argument("--bind-to", default="0.0.0.0", help="address to listen on (default all)")
+    parser.add_argument("--advertise", help="address peers should dial (default: the bind address "
+                                            "or this host's)")
+    parser.add_argument("--join", metavar="HOST:PORT", help="dial the master there instead of "
+                                                            "waiting to be dialed")
+    parser.add_argument("--join-timeout", type=float, default=settings.WORKER_TIMEOUT,
+                        help="seconds to keep retrying --join (default PYDIST_WORKER_TIMEOUT)")
+    parser.add_argument("--cookie-file", help="read the cookie from this file (else from stdin)")
+    parser.add_argument("--cookie-env", help="read the cookie from the file this variable names")
+    parser.add_argument("--ident", help="how the worker names itself to the master when joining")
+    args = parser.parse_args(argv)
+    cookie = _read_cookie(args)
+    # User code sent with everywhere() runs in a clean __main__, not in this module.
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    if args.join:
+        host, _, port = args.join.rpartition(":")
+        join_master(host.strip("[]"), int(port), cookie, args.join_timeout, args.bind_to,
+                    args.advertise, args.ident)
+    else:
+        start_worker(sys.stdout, cookie, args.bind_to, args.advertise)
+
