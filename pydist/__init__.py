@@ -4,8 +4,12 @@ from .calls import (fetchany, fetchfrom, remote_do, remotecall, remotecall_fetch
                     spawn, spawnat)
 from .channel import Channel
 from .cluster import addprocs, interrupt, rmprocs
+from .everywhere import everywhere
 from .errors import (CapturedException, InvalidStateError, LaunchError, ProcessExitedException,
                      RemoteException)
+from .pmap import distributed, pmap
+from .pools import (AbstractWorkerPool, CachingPool, WorkerPool, clear, default_worker_pool,
+                    remote)
 from .manager import ClusterManager, WorkerConfig, default_addprocs_params
 from .process import (cluster_cookie, myid, nprocs, nworkers, procs, worker_id_from_socket,
                       workers)
@@ -18,7 +22,8 @@ __version__ = "0.1.0"
 __all__ = [
     "addprocs", "nprocs", "nworkers", "procs", "workers", "rmprocs", "interrupt", "myid",
     "remotecall", "remotecall_wait", "remotecall_fetch", "remote_do", "spawnat", "spawn",
-    "fetchfrom", "fetchany",
+    "fetchfrom", "fetchany", "everywhere", "distributed", "remote", "pmap",
+    "AbstractWorkerPool", "WorkerPool", "CachingPool", "default_worker_pool", "clear",
     "Future", "RemoteChannel", "Channel", "fetch", "put", "take", "isready", "wait",
     "remoteref_id", "channel_from_id", "RRID",
     "RemoteException", "CapturedException", "ProcessExitedException", "LaunchError",

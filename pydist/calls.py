@@ -95,12 +95,12 @@ def _on_call(link, mode, rrid, msg_id, body, buffers) -> None:
 
 def _serve_call(link, mode, rrid, msg_id, body, buffers) -> None:
     me = myid()
+    ok, value, failure = False, None, None
     try:
         func, args, kwargs = loads(body, buffers)
     except BaseException as err:
         failure = remote_exception(me, _described(err, "the call's function or arguments could not "
                                                   f"be unpickled on process {me}"))
-        ok, value = False, None
     else:
         del body, buffers
         try:
@@ -108,20 +108,21 @@ def _serve_call(link, mode, rrid, msg_id, body, buffers) -> None:
         except SystemExit as err:
             _exit_process(err.code)
         except BaseException as err:
-            ok, failure = False, remote_exception(me, err)
+            failure = remote_exception(me, err)
         del func, args, kwargs
     if mode == Mode.FETCH:
-        _answer(link, msg_id, ok, value, None if ok else failure)
+        _answer(link, msg_id, value, failure)
     elif mode == Mode.FUTURE or mode == Mode.WAIT:
         store_outcome(RRID(*rrid), value if ok else _Failed(failure))
         if mode == Mode.WAIT:
-            _answer(link, msg_id, ok, None, None if ok else failure)
+            _answer(link, msg_id, None, failure)
     elif not ok:
         _print_failure(failure)
 
 
-def _answer(link, msg_id: int, ok: bool, value, failure) -> None:
-    if ok:
+def _answer(link, msg_id: int, value, failure) -> None:
+    """Send RESULT(value), or ERROR(failure) when the call failed or value cannot be pickled."""
+    if failure is None:
         try:
             body, buffers = dumps(value, dest=link.peer)
         except BaseException as err:

@@ -1,0 +1,129 @@
+"""ElasticManager: workers dial the master and join (worker connects).
+
+The master listens on one port; `python -m pydist.worker --join HOST:PORT --cookie-file F`
+dials it, authenticates, offers itself and gets the next id.  This is the one model that
+survives NAT, login-node firewalls and pods the driver cannot reach, so the Kubernetes and
+Slurm managers use the same `JoinListener`.
+
+`addprocs(ElasticManager(n=4))` waits for 4 joins (up to `timeout`); with
+`keep_accepting=True`, workers that join later (a scaled-up Deployment) are added by
+themselves, on a thread of their own.  `kill` asks the worker to exit.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Callable
+
+from pydist import ClusterManager, LaunchError, WorkerConfig, addprocs
+from pydist import process
+
+DEFAULT_PORT = 9090
+
+
+class JoinListener:
+    """The master's side of the join path: a port that authenticated workers offer
+    themselves on. Offers wait in a queue until a manager's launch takes them."""
+
+    def __init__(self, host: str = "0.0.0.0", port: int = DEFAULT_PORT, advertise: str | None = None):
+        if process.STATE.listener is None:
+            process.listen(host, port, advertise)
+        self.host, self.port = process.STATE.address
+        self.offers: queue.SimpleQueue = queue.SimpleQueue()
+        self._late: Callable[[WorkerConfig], None] | None = None
+        process.STATE.on_offer = self._on_offer
+
+    def _on_offer(self, link, offer: dict) -> None:
+        config = WorkerConfig(sock=link.sock, host=offer.get("host"), port=offer.get("port"),
+                              ident=offer.get("ident"), userdata=offer)
+        self.offers.put(config)
+
+    def next_offer(self, timeout: float) -> WorkerConfig | None:
+        try:
+            return self.offers.get(timeout=max(timeout, 0))
+        except queue.Empty:
+            return None
+
+
+_listener: JoinListener | None = None
+_listener_lock = threading.Lock()      # guards _listener
+
+
+def join_listener(host: str = "0.0.0.0", port: int = DEFAULT_PORT,
+                  advertise: str | None = None) -> JoinListener:
+    """The master's one join listener, opened on first use."""
+    global _listener
+    with _listener_lock:
+        if _listener is None:
+            _listener = JoinListener(host, port, advertise)
+        return _listener
+
+
+class ElasticManager(ClusterManager):
+    """Accepts workers that join by themselves (`python -m pydist.worker --join HOST:PORT`).
+
+    n: workers addprocs waits for; timeout: seconds to wait for them; keep_accepting: add
+    workers that join after addprocs returned, in the background."""
+
+    def __init__(self, n: int = 0, host: str = "0.0.0.0", port: int = DEFAULT_PORT,
+                 advertise: str | None = None, timeout: float = 60.0, keep_accepting: bool = False):
+        self.n = n
+        self.timeout = timeout
+        self.keep_accepting = keep_accepting
+        self.listener = join_listener(host, port, advertise)
+        self._background: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where workers should dial: pass it as --join HOST:PORT."""
+        return self.listener.host, self.listener.port
+
+    def launch(self, params: dict, launched: list[WorkerConfig], notify: threading.Condition) -> None:
+        deadline = time.monotonic() + self.timeout
+        got = 0
+        while got < self.n:
+            config = self.listener.next_offer(deadline - time.monotonic())
+            if config is None:
+                raise LaunchError([(f"{self.n - got} of {self.n} workers",
+                                    f"did not join {self.address[0]}:{self.address[1]} within "
+                                    f"{self.timeout:.0f} s; check that they were started with --join "
+                                    "and the same cookie")])
+            with notify:
+                launched.append(config)
+                notify.notify_all()
+            got += 1
+        if self.keep_accepting and self._background is None:
+            self._background = threading.Thread(target=self._accept_late, name="pydist-elastic",
+                                                daemon=True)
+            self._background.start()
+
+    def _accept_late(self) -> None:
+        while True:
+            config = self.listener.offers.get()
+            try:
+                addprocs(_Joined(self, config))
+            except Exception as err:
+                print(f"pydist: a late worker ({config.ident}) could not join: {err}")
+
+    def manage(self, pid: int, config: WorkerConfig, op: str) -> None:
+        """Nothing to do: the core sends interrupts and exit requests over the link."""
+
+
+class _Joined(ClusterManager):
+    """One worker that already dialed in, added by ElasticManager in the background."""
+
+    def __init__(self, owner: ElasticManager, config: WorkerConfig):
+        self.owner, self.config = owner, config
+
+    def launch(self, params, launched, notify):
+        with notify:
+            launched.append(self.config)
+            notify.notify_all()
+
+    def manage(self, pid, config, op):
+        self.owner.manage(pid, config, op)
+
+    def kill(self, pid, config):
+        self.owner.kill(pid, config)

@@ -1,0 +1,328 @@
+"""pmap and distributed() (Julia: pmap.jl and @distributed in macros.jl).
+
+pmap runs one driver thread (`pydist-pmap-<n>`) per pool member.  A driver borrows a worker
+from the pool and keeps up to PIPELINE_DEPTH batches in flight to it, so a worker never
+waits for the master between tiny tasks; it gives the worker back after LEASE_BATCHES
+batches, so concurrent pmaps on one pool share it.  Element failures go through on_error
+(on the worker), then retry_delays/retry_check (here); the first unhandled failure stops
+the pmap and is raised.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import math
+import threading
+from typing import Any, Callable, Iterable
+
+from tqdm.auto import tqdm
+
+from . import cluster
+from .errors import ProcessExitedException, RemoteException, remote_exception
+from .messages import Mode
+from .pools import AbstractWorkerPool, default_worker_pool
+from .process import myid, result, send_call, workers
+from .refs import fetch
+from .calls import remotecall
+
+# Batches kept in flight per worker: enough to hide a round trip behind the next task,
+# few enough that a dying worker takes little work down with it.
+PIPELINE_DEPTH = 4
+# A driver returns its worker to the pool after this many batches, letting other users in.
+LEASE_BATCHES = 256
+# batch_size="auto" aims at this many batches per worker (load balance vs. per-call cost).
+AUTO_BATCHES_PER_WORKER = 4
+
+
+class _ElementFailed:
+    """One failed element of a batch (the batch itself succeeded)."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: RemoteException):
+        self.exc = exc
+
+    def __reduce__(self):
+        return (_ElementFailed, (self.exc,))
+
+
+def _run_batch(func: Callable, on_error: Callable | None, batch: list[tuple]) -> list:
+    """Run on the worker: func over the batch, on_error for an element that raises."""
+    single = len(batch) == 1
+    out = []
+    for args in batch:
+        try:
+            out.append(func(*args))
+            continue
+        except Exception as err:
+            failure = err
+        if on_error is not None:
+            try:
+                out.append(on_error(failure))
+                continue
+            except Exception as err:
+                failure = err
+        if single:
+            raise failure
+        out.append(_ElementFailed(remote_exception(myid(), failure)))
+    return out
+
+
+class _Item:
+    __slots__ = ("index", "args", "attempt", "state")
+
+    def __init__(self, index: int, args: tuple):
+        self.index, self.args, self.attempt, self.state = index, args, 0, 0
+
+
+class _Done:
+    """A batch run here, in the driver's thread; looks like a Reply to the driver."""
+
+    def __init__(self, call):
+        try:
+            self.value, self.error = call(), None
+        except BaseException as err:
+            self.value, self.error = None, err
+
+
+class _Run:
+    def __init__(self, func, items, pool, distributed, batch_size, on_error, retry_delays,
+                 retry_check, progress):
+        self.func, self.pool, self.local = func, pool, not distributed
+        self.on_error, self.retry_delays, self.retry_check = on_error, list(retry_delays), retry_check
+        self.results: list[Any] = [None] * len(items)
+        self.cond = threading.Condition()    # guards todo, remaining, error, drivers
+        self.todo: collections.deque[list[_Item]] = collections.deque()
+        for start in range(0, len(items), batch_size):
+            self.todo.append([_Item(i, items[i]) for i in range(start, min(start + batch_size, len(items)))])
+        self.remaining = len(items)
+        self.error: BaseException | None = None
+        self.drivers = 0
+        self.bar = tqdm(total=len(items), disable=not progress, unit="task")
+
+    # -- the caller's thread -----------------------------------------------------------------
+    def run(self, width: int) -> list:
+        started = 0
+        with self.cond:
+            while self.remaining and self.error is None:
+                while self.todo and self.drivers < width:
+                    self.drivers += 1
+                    started += 1
+                    threading.Thread(target=self._drive, name=f"pydist-pmap-{started}", daemon=True).start()
+                self.cond.wait()
+            while self.drivers:
+                self.cond.wait()
+        self.bar.close()
+        if self.error is not None:
+            raise self.error
+        return self.results
+
+    # -- driver threads --------------------------------------------------------------------
+    def _next_batch(self) -> list[_Item] | None:
+        with self.cond:
+            if self.error is not None or not self.todo:
+                return None
+            return self.todo.popleft()
+
+    def _drive(self) -> None:
+        try:
+            while True:
+                with self.cond:
+                    if self.error is not None or not self.todo:
+                        return
+                pid = myid() if self.local else self.pool.take()
+                try:
+                    self._lease(pid)
+                finally:
+                    if not self.local:
+                        self.pool.put(pid)
+        except BaseException as err:
+            self._fail(err)
+        finally:
+            with self.cond:
+                self.drivers -= 1
+                self.cond.notify_all()
+
+    def _lease(self, pid: int) -> None:
+        window: collections.deque = collections.deque()
+        sent = 0
+        while True:
+            while len(window) < PIPELINE_DEPTH and sent < LEASE_BATCHES:
+                batch = self._next_batch()
+                if batch is None:
+                    break
+                window.append((batch, self._submit(pid, batch)))
+                sent += 1
+            if not window:
+                return
+            batch, handle = window.popleft()
+            self._collect(batch, handle)
+
+    def _submit(self, pid: int, batch: list[_Item]):
+        args = (self.func, self.on_error, [item.args for item in batch])
+        if pid == myid():
+            return _Done(lambda: _run_batch(*args))
+        send, extra = self.pool._prepare(_run_batch, pid)
+        try:
+            return send_call(pid, Mode.FETCH, send, (*extra, *args), {})
+        except BaseException as err:
+            return _DoneError(err)
+
+    def _collect(self, batch: list[_Item], handle) -> None:
+        if isinstance(handle, _Done):
+            values, error = handle.value, handle.error
+            if isinstance(error, Exception) and not isinstance(error, ProcessExitedException):
+                error = remote_exception(myid(), error)
+        else:
+            try:
+                values, error = result(handle), None
+            except BaseException as err:
+                values, error = None, err
+        if error is not None:
+            for item in batch:
+                self._element_failed(item, error)
+            return
+        for item, value in zip(batch, values):
+            if isinstance(value, _ElementFailed):
+                self._element_failed(item, value.exc)
+            else:
+                self._element_done(item, value)
+
+    def _element_done(self, item: _Item, value) -> None:
+        self.results[item.index] = value
+        self.bar.update(1)
+        with self.cond:
+            self.remaining -= 1
+            if not self.remaining:
+                self.cond.notify_all()
+
+    def _element_failed(self, item: _Item, error: BaseException) -> None:
+        if not isinstance(error, (RemoteException, ProcessExitedException)):
+            self._fail(error)
+            return
+        if item.attempt < len(self.retry_delays):
+            retry = True
+            if self.retry_check is not None:
+                original = error.captured if isinstance(error, RemoteException) else error
+                answer = self.retry_check(item.state, original)
+                item.state, retry = answer if isinstance(answer, tuple) else (item.state, answer)
+            if retry:
+                delay = self.retry_delays[item.attempt]
+                item.attempt += 1
+                timer = threading.Timer(delay, self._requeue, args=(item,))
+                timer.daemon = True
+                timer.start()
+                return
+        self._fail(error)
+
+    def _requeue(self, item: _Item) -> None:
+        with self.cond:
+            self.todo.append([item])
+            self.cond.notify_all()
+
+    def _fail(self, error: BaseException) -> None:
+        with self.cond:
+            if self.error is None:
+                self.error = error
+            self.cond.notify_all()
+
+
+class _DoneError(_Done):
+    def __init__(self, error: BaseException):
+        self.value, self.error = None, error
+
+
+def pmap(func: Callable, *iterables: Iterable, pool: AbstractWorkerPool | None = None,
+         distributed: bool = True, batch_size: int | str = 1, on_error: Callable | None = None,
+         retry_delays: Iterable[float] = (), retry_check: Callable | None = None,
+         progress: bool = False) -> list:
+    """Map `func` over the iterables on the pool's workers; results in order (Julia: pmap).
+
+    batch_size: elements per remote call (an int, or "auto"). distributed=False runs on
+    local threads. on_error(exc) runs on the worker and its return value replaces a failed
+    element's result; otherwise a failure is retried after each of `retry_delays` while
+    retry_check(state, exc) -> (state, retry) allows it; the first unhandled failure stops
+    the pmap and is raised (RemoteException, or ProcessExitedException for a worker that
+    died). progress=True shows a progress bar with rate and ETA."""
+    items = list(zip(*iterables))
+    pool = pool if pool is not None else default_worker_pool()
+    width = pool.length()
+    if width == 0 or (pool.workers() == {myid()}):
+        distributed = False
+    if not distributed:
+        width, batch_size = max(1, min(len(items), width or 1, 32)), 1
+    elif batch_size == "auto":
+        batch_size = max(1, math.ceil(len(items) / (width * AUTO_BATCHES_PER_WORKER)))
+    elif not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int or 'auto', not {batch_size!r}")
+    if not items:
+        return []
+    run = _Run(func, items, pool, distributed, batch_size, on_error, retry_delays, retry_check, progress)
+    previous = cluster.relay_write
+    if progress:
+        cluster.relay_write = tqdm.write      # worker lines print above the bar, not through it
+    try:
+        return run.run(width)
+    finally:
+        cluster.relay_write = previous
+
+
+# -- distributed() ------------------------------------------------------------------------------
+def _splitrange(n: int, np_: int) -> list[range]:
+    """Julia's splitrange: np_ contiguous chunks, the first n % np_ one longer, none empty."""
+    each, extras = divmod(n, np_)
+    chunks, lo = [], 0
+    for i in range(np_ if each > 0 else extras):
+        hi = lo + each + (1 if i < extras else 0)
+        chunks.append(range(lo, hi))
+        lo = hi
+    return chunks
+
+
+def _reduce_chunk(func, reducer, chunk):
+    return functools.reduce(reducer, map(func, chunk))
+
+
+def _map_chunk(func, chunk) -> None:
+    for x in chunk:
+        func(x)
+
+
+class DistributedTask:
+    """What distributed() without a reducer returns: `.wait()` blocks until every chunk is done
+    and raises RemoteException if one failed."""
+
+    def __init__(self, futures: list):
+        self.futures = futures
+
+    def wait(self) -> "DistributedTask":
+        for fut in self.futures:
+            fut.wait()
+        return self
+
+    def isready(self) -> bool:
+        return all(fut.isready() for fut in self.futures)
+
+    done = isready
+
+    def fetch(self) -> None:
+        self.wait()
+
+
+def distributed(func: Callable, iterable: Iterable, reducer: Callable | None = None):
+    """Julia's @distributed: one contiguous chunk of `iterable` per worker (chunk i on the
+    i-th worker, ascending ids). With a reducer, each worker reduces func over its chunk, the
+    partial results are reduced in chunk order and returned; without, returns at once a task
+    whose .wait() raises if a chunk failed."""
+    items = iterable if isinstance(iterable, (range, list, tuple)) else list(iterable)
+    ids = workers()
+    chunks = _splitrange(len(items), len(ids))
+    if reducer is not None:
+        if not chunks:
+            raise ValueError("distributed() with a reducer needs a non-empty iterable")
+        futures = [remotecall(_reduce_chunk, ids[i], func, reducer, items[c.start:c.stop])
+                   for i, c in enumerate(chunks)]
+        return functools.reduce(reducer, [fetch(f) for f in futures])
+    return DistributedTask([remotecall(_map_chunk, ids[i], func, items[c.start:c.stop])
+                            for i, c in enumerate(chunks)])
