@@ -1,0 +1,61 @@
+"""Shared fixtures: real workers, and a check that none is left behind.
+
+The pytest process is the master (process 1) for every test; each test that adds workers
+removes them again through the `cluster` fixtures, so tests do not depend on each other.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+
+import pydist  # noqa: E402
+from pydist import addprocs, rmprocs, workers  # noqa: E402
+
+
+def remove_all_workers() -> None:
+    ids = [p for p in workers() if p != 1]
+    if ids:
+        rmprocs(*ids, waitfor=30)
+
+
+def wait_until(condition, timeout: float = 10.0, what: str = "condition"):
+    """Wait for condition() to be truthy, re-checking on a short period; fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def cluster():
+    """Two fresh local workers; removed afterwards. Yields their ids."""
+    remove_all_workers()
+    ids = addprocs(2)
+    yield ids
+    remove_all_workers()
+
+
+@pytest.fixture
+def cluster4():
+    """Four fresh local workers; removed afterwards."""
+    remove_all_workers()
+    ids = addprocs(4)
+    yield ids
+    remove_all_workers()
+
+
+@pytest.fixture
+def no_workers():
+    """No workers at all: the master alone."""
+    remove_all_workers()
+    yield
+    remove_all_workers()
