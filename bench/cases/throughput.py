@@ -1,0 +1,29 @@
+"""throughput: tasks per second for N tiny tasks (x + 1), unbatched and batched."""
+
+from __future__ import annotations
+
+from bench import tasks
+from bench.common import check, median, perf_counter
+
+
+def run(h, cfg) -> list[dict]:
+    rows = []
+    xs = list(range(cfg.throughput_tasks))
+    want = [x + 1 for x in xs]
+    warm = list(range(cfg.throughput_warmup_tasks))
+    warm_want = [x + 1 for x in warm]
+    for kind, label, fn in h.throughput_variants():
+        check(list(fn(tasks.inc, warm)) == warm_want, f"throughput {label}: wrong warm-up results")
+        times = []
+        for _ in range(cfg.throughput_reps):
+            t0 = perf_counter()
+            out = fn(tasks.inc, xs)
+            t1 = perf_counter()
+            out = list(out)
+            check(out == want, f"throughput {label}: wrong results "
+                               f"(len {len(out)}, first {out[:3]}, expected {want[:3]}...)")
+            times.append(t1 - t0)
+        t = median(times)
+        rows.append({"key": kind, "label": label, "tasks": len(xs), "seconds": t,
+                     "tasks_per_s": len(xs) / t, "reps": len(times), "all_seconds": times})
+    return rows

@@ -1,0 +1,56 @@
+"""Counts for a full run and for ``--quick`` (every code path, smaller numbers)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class Config:
+    workers: int = 2
+    # latency: synchronous no-op round trips to one worker
+    latency_warmup: int = 200
+    latency_calls: int = 2000
+    # throughput: tiny tasks x + 1 through the peer's map
+    throughput_tasks: int = 20_000
+    throughput_warmup_tasks: int = 500
+    throughput_reps: int = 3
+    # bigdata: a float64 array of this many bytes each way
+    bigdata_bytes: int = 100_000_000
+    bigdata_warmup: int = 1
+    bigdata_reps: int = 5
+    # startup: from nothing to n workers ready, then teardown
+    startup_reps: int = 5
+    # fanout: this many concurrent calls over the workers, submit all then wait all
+    fanout_calls: int = 400
+    fanout_warmup: int = 2
+    fanout_reps: int = 20
+    # scale: addprocs(scale_n) then one call to each, against the same for `workers`
+    scale_n: int = 32
+    scale_reps: int = 3
+    scale_idle_settle_s: float = 1.0
+    # limits, so that one hung peer cannot hang the suite
+    case_timeout_s: float = 900.0
+    stop_timeout_s: float = 120.0
+    leftover_timeout_s: float = 30.0
+    quick: bool = False
+
+    def as_dict(self):
+        return asdict(self)
+
+
+def full() -> Config:
+    return Config()
+
+
+def quick() -> Config:
+    return Config(
+        latency_warmup=20, latency_calls=200,
+        throughput_tasks=500, throughput_warmup_tasks=50, throughput_reps=1,
+        bigdata_bytes=10_000_000, bigdata_reps=2,
+        startup_reps=1,
+        fanout_warmup=1, fanout_reps=2,
+        scale_reps=1, scale_idle_settle_s=0.3,
+        case_timeout_s=120.0, stop_timeout_s=60.0,
+        quick=True,
+    )
