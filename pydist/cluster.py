@@ -112,6 +112,10 @@ class _OutputRelay:
         finally:
             if not found:
                 self._address.put(None)
+            try:
+                self.stream.close()
+            except Exception:
+                pass
 
 
 def _relay(pid, line: str) -> None:

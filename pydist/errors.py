@@ -103,8 +103,15 @@ def remote_exception(pid: int, exc: BaseException) -> RemoteException:
     return RemoteException(pid, exc, _format(exc))
 
 
+_DISPATCH_FILE = __file__.replace("errors.py", "calls.py")
+
+
 def _format(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    """The traceback text, without pydist's own dispatch frames at the top."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename == _DISPATCH_FILE:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
 def _type_name(exc: BaseException) -> str:
