@@ -40,7 +40,8 @@ def _used_as_decorator(func: Callable) -> bool:
     """True when called as `@everywhere` right above `def func` (its first line is ours)."""
     caller = sys._getframe(2)
     code = getattr(func, "__code__", None)
-    return (code is not None and caller.f_code.co_filename == code.co_filename
+    return (code is not None and func.__name__ != "<lambda>"
+            and caller.f_code.co_filename == code.co_filename
             and caller.f_lineno == code.co_firstlineno)
 
 

@@ -104,8 +104,8 @@ class _PoolState:
 
     def put(self, pid: int) -> None:
         with self._cond:
-            if pid in STATE.dead:
-                self._members.discard(pid)
+            if pid in STATE.dead or (self.default and pid == 1):   # the master is only lent
+                self._members.discard(pid)                         # when there are no workers
                 return
             self._members.add(pid)
             if pid not in self._free:

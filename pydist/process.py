@@ -236,7 +236,12 @@ def _connect(pid: int) -> Link:
         if STATE.myid > pid:
             return dial_peer(info)
         # The lower id asks the higher one, through the master, to dial it.
-        call_fetch(1, _ask_to_dial, pid, STATE.myid)
+        try:
+            call_fetch(1, _ask_to_dial, pid, STATE.myid)
+        except RemoteException as err:
+            while isinstance(err, RemoteException):
+                err = err.captured
+            raise err from None
         with STATE.cond:
             if not STATE.cond.wait_for(lambda: pid in STATE.links or pid in STATE.dead,
                                        deadline - time.monotonic()):
@@ -261,12 +266,19 @@ def _dial_back(lower: int) -> None:
 
 def dial_peer(info: WorkerInfo) -> Link:
     """Dial and authenticate a peer worker, introduce ourselves, and register the link."""
-    sock = dial(info.host, info.port)
+    try:
+        sock = dial(info.host, info.port)
+    except OSError as err:
+        raise ProcessExitedException(info.pid, f"it cannot be reached at {info.host}:{info.port} "
+                                     f"({err})") from err
     try:
         handshake(sock, cluster_cookie(), dialer=True)
-    except BaseException:
+    except HandshakeError:
         sock.close()
         raise
+    except OSError as err:
+        sock.close()
+        raise ProcessExitedException(info.pid, f"the connection to it failed ({err})") from err
     link = Link(sock, on_frame, on_close, peer=info.pid)
     link.send(Kind.IDENT, dumps(STATE.myid)[0])
     register_link(link)
