@@ -257,7 +257,15 @@ def test_rendered_worker_pod_starts_the_worker_with_the_cookie_mounted(k8s_serve
     # 1. The pod as rendered: the worker runs as uid 1000 and dials the head from its pod IP.
     core.create_namespaced_pod(NAMESPACE, {"metadata": {"name": "worker-0", **template["metadata"]}, "spec": template["spec"]})
     with head:
-        conn, (peer, _) = head.accept()
+        try:
+            conn, (peer, _) = head.accept()
+        except TimeoutError:
+            status = core.read_namespaced_pod("worker-0", NAMESPACE).status.to_dict()
+            try:
+                output = core.read_namespaced_pod_log("worker-0", NAMESPACE)
+            except client.ApiException as err:
+                output = err.body
+            raise AssertionError(f"the worker never dialed {join}; pod status {status}; output {output!r}") from None
         conn.close()
     pod = wait_for_pod(core, NAMESPACE, "worker-0", lambda p: p.status.pod_ip is not None, 60, "a pod IP")
     assert peer == pod.status.pod_ip
