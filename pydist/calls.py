@@ -25,6 +25,12 @@ from .process import STATE, myid, result, send_call, workers
 from .refs import RRID, Future, _Failed, _lookup, fetch, store_outcome
 from .serialize import dumps, loads
 
+def internal(func):
+    """Mark a pydist function that runs on request of another process: not interruptible."""
+    func._pydist_internal = True
+    return func
+
+
 # -- interrupting running calls ------------------------------------------------------------
 _running_lock = threading.Lock()     # guards _running and _interrupted
 _running: set[int] = set()           # thread ids running a user function now
@@ -36,6 +42,7 @@ def _set_async_exc(tid: int, exc) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), ctypes.py_object(exc) if exc else None)
 
 
+@internal
 def interrupt_calls() -> int:
     """Raise KeyboardInterrupt in every thread running a user call here; returns how many."""
     with _running_lock:
@@ -80,10 +87,6 @@ def _run_user(func: Callable, args, kwargs):
                 _set_async_exc(tid, None)     # cancel an interrupt not delivered yet
 
 
-def internal(func):
-    """Mark a pydist function that runs on request of another process: not interruptible."""
-    func._pydist_internal = True
-    return func
 
 
 # -- the callee side -------------------------------------------------------------------------
