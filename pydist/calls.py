@@ -21,15 +21,9 @@ from typing import Any, Callable
 
 from .errors import CapturedException, remote_exception
 from .messages import Kind, Mode
-from .process import STATE, myid, result, send_call, workers
+from .process import STATE, internal, myid, result, send_call, workers
 from .refs import RRID, Future, _Failed, _lookup, fetch, store_outcome
 from .serialize import dumps, loads
-
-def internal(func):
-    """Mark a pydist function that runs on request of another process: not interruptible."""
-    func._pydist_internal = True
-    return func
-
 
 # -- interrupting running calls ------------------------------------------------------------
 _running_lock = threading.Lock()     # guards _running and _interrupted

@@ -18,7 +18,7 @@ import threading
 from typing import Any
 
 from . import settings
-from .process import STATE, send_call
+from .process import STATE, internal, send_call
 from .messages import Mode
 from .transport import dial
 
@@ -99,13 +99,12 @@ class ClusterManager(abc.ABC):
         reap(config.process)
 
 
+@internal
 def _exit_now() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
 
-
-_exit_now._pydist_internal = True
 
 
 def ask_to_exit(pid: int, timeout: float) -> bool:

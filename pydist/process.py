@@ -123,6 +123,12 @@ class _State:
 STATE = _State()
 
 
+def internal(func):
+    """Mark a pydist function that runs on request of another process: `interrupt` leaves it be."""
+    func._pydist_internal = True
+    return func
+
+
 # -- identity and membership ---------------------------------------------------------------
 def myid() -> int:
     """This process's id: 1 on the master, 2, 3, ... on workers (Julia: myid)."""
@@ -255,11 +261,13 @@ def _connect(pid: int) -> Link:
             STATE.cond.notify_all()
 
 
+@internal
 def _ask_to_dial(higher: int, lower: int) -> None:
     """Master: have worker `higher` dial worker `lower` (which asked for the link)."""
     call_fetch(higher, _dial_back, lower)
 
 
+@internal
 def _dial_back(lower: int) -> None:
     get_link(lower)
 

@@ -29,7 +29,7 @@ from typing import Any, Callable, NamedTuple
 from .channel import Channel
 from .errors import InvalidStateError, RemoteException, remote_exception
 from .messages import Kind
-from .process import STATE, call_fetch, get_link, myid
+from .process import STATE, call_fetch, get_link, internal, myid
 from .serialize import destination, dumps, loads
 
 
@@ -202,6 +202,7 @@ def store_outcome(rrid: RRID, value: Any) -> None:
     rv.store.put(value)
 
 
+@internal
 def _owner_fetch(rrid: RRID, release: int | None):
     rv = _lookup(rrid)
     value = rv.store.fetch()
@@ -210,6 +211,7 @@ def _owner_fetch(rrid: RRID, release: int | None):
     return value
 
 
+@internal
 def _owner_put_future(rrid: RRID, value, release: int | None) -> None:
     rv = _lookup(rrid)
     with _refs_lock:
@@ -221,6 +223,7 @@ def _owner_put_future(rrid: RRID, value, release: int | None) -> None:
         _del_client(rrid, release)
 
 
+@internal
 def _owner_wait(rrid: RRID):
     rv = _lookup(rrid)
     rv.store.wait()
@@ -228,14 +231,17 @@ def _owner_wait(rrid: RRID):
     return value if isinstance(value, _Failed) else None
 
 
+@internal
 def _owner_isready(rrid: RRID) -> bool:
     return _lookup(rrid).store.isready()
 
 
+@internal
 def _owner_create(rrid: RRID, make_store) -> None:
     _lookup(rrid, make_store)
 
 
+@internal
 def _owner_op(rrid: RRID, op: str, args: tuple):
     return getattr(_lookup(rrid).store, op)(*args)
 
