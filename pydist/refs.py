@@ -246,6 +246,11 @@ def _owner_op(rrid: RRID, op: str, args: tuple):
     return getattr(_lookup(rrid).store, op)(*args)
 
 
+def _in_thread(func, *args):
+    import asyncio
+    return asyncio.get_running_loop().run_in_executor(None, func, *args)
+
+
 def _unwrap(value):
     if isinstance(value, _Failed):
         raise value.exc
@@ -362,8 +367,10 @@ class Future(_Ref):
     def done(self) -> bool:
         return self.isready()
 
-    def result(self, timeout: float | None = None) -> Any:
-        return self.fetch()
+    def __await__(self):
+        """`await future` from a running event loop: fetched on a helper thread, so the loop
+        keeps running meanwhile."""
+        return _in_thread(self.fetch).__await__()
 
     def __reduce__(self):
         value = self._v
@@ -433,6 +440,16 @@ class RemoteChannel(_Ref):
 
     def close(self) -> None:
         self._op("close")
+
+    async def take_async(self) -> Any:
+        """`await rc.take_async()`: take without blocking the event loop."""
+        return await _in_thread(self.take)
+
+    async def put_async(self, value: Any) -> "RemoteChannel":
+        return await _in_thread(self.put, value)
+
+    async def fetch_async(self) -> Any:
+        return await _in_thread(self.fetch)
 
     def __iter__(self):
         while True:
