@@ -32,7 +32,7 @@ from .errors import LaunchError
 from .manager import ClusterManager, WorkerConfig, default_addprocs_params, reap, stop_process
 from .messages import Kind
 from .process import (STATE, WorkerInfo, add_members, call_fetch, cluster_cookie, myid,
-                      on_close, on_frame, peer_exited, workers)
+                      configure_heartbeat, on_close, on_frame, peer_exited, secure, workers)
 from .serialize import dumps, loads
 from .transport import Link, handshake
 from .worker import parse_address
@@ -41,7 +41,8 @@ log = logging.getLogger("pydist")
 
 # Keywords addprocs accepts besides default_addprocs_params() and a manager's own `params`.
 _MANAGER_KEYWORDS = {"restrict": True, "tunnel": False, "multiplex": False, "sshflags": [],
-                     "max_parallel": 10, "shell": "posix", "worker_timeout": None, "tls": None}
+                     "max_parallel": 10, "shell": "posix", "worker_timeout": None, "tls": None,
+                     "heartbeat_timeout": None}
 
 
 class WorkerState(enum.Enum):
@@ -143,6 +144,9 @@ def addprocs(spec: Any = None, **kwargs) -> list[int]:
     params = _params_for(manager, kwargs)
     with _addprocs_lock:
         _check_topology(params)
+        _check_tls(params)
+        if params["heartbeat_timeout"] is not None:
+            configure_heartbeat(params["heartbeat_timeout"])
         cluster_cookie()
         _ensure_master_setup()
         added, failures = _launch_and_setup(manager, params)
@@ -200,6 +204,14 @@ def _check_topology(params: dict) -> None:
                              f"workers with lazy={bool(params['lazy'])}")
     STATE.topology = params["topology"]
     STATE.lazy = bool(params["lazy"])
+
+
+def _check_tls(params: dict) -> None:
+    tls = params["tls"]
+    if _registry_running() and tls != STATE.tls:
+        raise ValueError("the running workers use " + ("TLS " + repr(STATE.tls) if STATE.tls else "no TLS")
+                         + "; all links of a cluster must use the same tls=")
+    STATE.tls = tls
 
 
 def _registry_running() -> list[int]:
@@ -300,6 +312,7 @@ def _connect_and_join(manager, pid: int, config: WorkerConfig, params: dict) -> 
     sock = reader
     if config.sock is None:
         try:
+            sock = secure(sock, server=False)
             handshake(sock, cluster_cookie(), dialer=True)
         except BaseException:
             sock.close()
@@ -309,7 +322,8 @@ def _connect_and_join(manager, pid: int, config: WorkerConfig, params: dict) -> 
     with STATE.cond:
         members = list(STATE.members.values())
     join = {"pid": pid, "cluster_id": STATE.cluster_id, "topology": STATE.topology, "lazy": STATE.lazy,
-            "master": STATE.master_info, "members": members, "dial": dial, "sys_path": list(sys.path)}
+            "master": STATE.master_info, "members": members, "dial": dial, "sys_path": list(sys.path),
+            "heartbeat": (settings.HEARTBEAT_TIMEOUT, settings.HEARTBEAT_INTERVAL)}
     link.send(Kind.JOIN, dumps(join)[0])
     sock.settimeout(params["worker_timeout"])
     try:

@@ -25,6 +25,7 @@ import os
 import queue
 import secrets
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -117,6 +118,7 @@ class _State:
         self.exit_hooks: list = []                    # fn(pid), run once per exited peer
         self.on_offer = None                          # master: fn(link, offer) for joining workers
         self.runner = _Runner()
+        self.tls = None                               # tls.TLSConfig: wrap every link in TLS
         self._heartbeat: threading.Thread | None = None
 
 
@@ -280,8 +282,9 @@ def dial_peer(info: WorkerInfo) -> Link:
         raise ProcessExitedException(info.pid, f"it cannot be reached at {info.host}:{info.port} "
                                      f"({err})") from err
     try:
+        sock = secure(sock, server=False)
         handshake(sock, cluster_cookie(), dialer=True)
-    except HandshakeError:
+    except (HandshakeError, ssl.SSLError):
         sock.close()
         raise
     except OSError as err:
@@ -305,9 +308,15 @@ def register_link(link: Link) -> None:
     _start_heartbeat()
 
 
+def secure(sock: socket.socket, server: bool) -> socket.socket:
+    """Wrap a fresh connection in TLS when the cluster uses it (before the cookie handshake)."""
+    return STATE.tls.wrap(sock, server) if STATE.tls is not None else sock
+
+
 def accept(sock: socket.socket, addr) -> None:
     """Serve one incoming connection: authenticate, then read who it is (listener thread)."""
     try:
+        sock = secure(sock, server=True)
         handshake(sock, cluster_cookie(), dialer=False)
     except (HandshakeError, OSError) as err:
         log.warning("pydist: refused a connection from %s: %s", _addr(addr), err)
@@ -438,8 +447,20 @@ def call_fetch(pid: int, func, *args, **kwargs):
 
 
 # -- heartbeats ------------------------------------------------------------------------------
+_heartbeat_wake = threading.Event()      # set to make the heartbeat thread re-read its settings
+
+
+def configure_heartbeat(timeout: float, interval: float | None = None) -> None:
+    """Declare a peer dead after `timeout` seconds of silence; ping quiet links every
+    `interval` (default timeout / 4). 0 disables heartbeats."""
+    settings.HEARTBEAT_TIMEOUT = float(timeout)
+    settings.HEARTBEAT_INTERVAL = float(timeout) / 4 if interval is None else float(interval)
+    _heartbeat_wake.set()
+    _start_heartbeat()
+
+
 def _start_heartbeat() -> None:
-    if STATE._heartbeat is not None or settings.HEARTBEAT_INTERVAL <= 0:
+    if STATE._heartbeat is not None or settings.HEARTBEAT_TIMEOUT <= 0:
         return
     with STATE.cond:
         if STATE._heartbeat is not None:
@@ -449,18 +470,20 @@ def _start_heartbeat() -> None:
 
 
 def _heartbeat_loop() -> None:
-    interval = settings.HEARTBEAT_INTERVAL
-    stop = threading.Event()
-    while not stop.wait(min(interval, settings.HEARTBEAT_TIMEOUT / 3)):
+    while True:
+        timeout, interval = settings.HEARTBEAT_TIMEOUT, settings.HEARTBEAT_INTERVAL
+        if _heartbeat_wake.wait(min(interval, timeout / 3) if timeout > 0 else None):
+            _heartbeat_wake.clear()
+            continue
         now = time.monotonic()
         with STATE.cond:
             links = list(STATE.links.values())
         for link in links:
             quiet = now - link.last_heard
-            if quiet > settings.HEARTBEAT_TIMEOUT:
-                log.warning("pydist: process %s did not answer for %.0f s: declaring it dead",
+            if quiet > timeout:
+                log.warning("pydist: process %s did not answer for %.1f s: declaring it dead",
                             link.peer, quiet)
-                link.close(f"no answer for {quiet:.0f} s (PYDIST_HEARTBEAT_TIMEOUT)")
+                link.close(f"no answer for {quiet:.1f} s (heartbeat timeout {timeout:g} s)")
             elif quiet > interval:
                 try:
                     link.send(Kind.PING)

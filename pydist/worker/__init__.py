@@ -17,6 +17,7 @@ import argparse
 import os
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -26,7 +27,8 @@ from typing import TextIO
 from .. import settings
 from ..calls import interrupt_calls, interruptible_sleep
 from ..messages import Kind
-from ..process import STATE, WorkerInfo, add_members, cluster_cookie, dial_peer, listen, register_link
+from ..process import (STATE, WorkerInfo, add_members, cluster_cookie, configure_heartbeat, dial_peer,
+                       listen, register_link, secure)
 from ..serialize import dumps, loads
 from ..transport import HandshakeError, Link, dial, handshake
 
@@ -105,9 +107,10 @@ def _dial_with_backoff(host: str, port: int, timeout: float):
             delay = min(delay * 2, 5.0)
             continue
         try:
+            sock = secure(sock, server=False)
             handshake(sock, cluster_cookie(), dialer=True)
             return sock
-        except HandshakeError as err:
+        except (HandshakeError, ssl.SSLError) as err:
             sock.close()
             raise SystemExit(f"pydist worker: the master at {host}:{port} refused us: {err}") from err
     raise SystemExit(f"pydist worker: could not reach the master at {host}:{port} for {timeout:.0f} s "
@@ -124,6 +127,8 @@ def _on_join(link: Link, join: dict) -> None:
         if path not in sys.path and (path == "" or os.path.isdir(path)):
             sys.path.append(path)
     add_members(join["members"], join["master"])
+    if "heartbeat" in join:
+        configure_heartbeat(*join["heartbeat"])
     link.peer = 1
     for info in join["dial"]:
         dial_peer(info)
@@ -172,8 +177,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cookie-file", help="read the cookie from this file (else from stdin)")
     parser.add_argument("--cookie-env", help="read the cookie from the file this variable names")
     parser.add_argument("--ident", help="how the worker names itself to the master when joining")
+    parser.add_argument("--tls-cert", help="this worker's TLS certificate (PEM); with --tls-key, --tls-ca")
+    parser.add_argument("--tls-key", help="the certificate's private key (PEM)")
+    parser.add_argument("--tls-ca", help="the CA that signs every certificate of the cluster")
     args = parser.parse_args(argv)
     cookie = _read_cookie(args)
+    if args.tls_cert or args.tls_key or args.tls_ca:
+        if not (args.tls_cert and args.tls_key and args.tls_ca):
+            raise SystemExit("pydist worker: TLS needs all three of --tls-cert, --tls-key and --tls-ca")
+        from ..tls import TLSConfig
+        STATE.tls = TLSConfig(args.tls_cert, args.tls_key, args.tls_ca)
     # User code sent with everywhere() runs in a clean __main__, not in this module.
     sys.modules["__main__"] = types.ModuleType("__main__")
     if args.join:
