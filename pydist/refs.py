@@ -30,7 +30,7 @@ from .channel import Channel
 from .errors import InvalidStateError, RemoteException, remote_exception
 from .messages import Kind
 from .process import STATE, call_fetch, get_link, internal, myid
-from .serialize import destination, dumps, loads
+from .serialize import after_pickling, destination, dumps, loads
 
 
 class RRID(NamedTuple):
@@ -131,10 +131,15 @@ def _drop_process(pid: int) -> None:
 
 
 def _count_new_holder(owner: int, rrid: RRID) -> None:
-    """A reference is being pickled for another process: tell the owner before it arrives."""
+    """A reference is being pickled for another process: tell the owner before it arrives
+    (once pickling has succeeded, so a failed attempt counts nothing)."""
     dest = destination()
     if dest is None:
         return
+    after_pickling(lambda: _notify_owner(owner, rrid, dest))
+
+
+def _notify_owner(owner: int, rrid: RRID, dest: int) -> None:
     if owner == myid():
         _add_client(rrid, dest)
         return
@@ -416,6 +421,9 @@ class RemoteChannel(_Ref):
         if self.where == myid():
             return getattr(_lookup(self.rrid).store, op)(*args)
         return call_fetch(self.where, _owner_op, self.rrid, op, args)
+
+    def isopen(self) -> bool:
+        return self._op("isopen")
 
     def put(self, value: Any) -> "RemoteChannel":
         """Append value, blocking while the channel is full (InvalidStateError if closed)."""

@@ -197,10 +197,16 @@ class Link:
     # -- sending ---------------------------------------------------------------------------
     def send(self, kind: Kind, body: bytes = b"", buffers=(), mode: int = 0, rrid=NO_RRID,
              msg_id: int = 0) -> None:
-        """Send one frame; raises ProcessExitedException if the link is gone."""
+        """Send one frame; raises ProcessExitedException if the link is gone, ValueError if
+        the frame is larger than the peer accepts."""
+        size = len(body) + sum(b.nbytes for b in buffers)
+        if size > settings.MAX_FRAME_BYTES:
+            raise ValueError(f"a message of {size} bytes to process {self.peer} exceeds the frame limit "
+                             f"of {settings.MAX_FRAME_BYTES} bytes (PYDIST_MAX_FRAME_BYTES); send it in "
+                             "parts, or raise the limit on every process")
         header = HEADER.pack(kind, mode, len(buffers), rrid[0], rrid[1], msg_id, len(body))
         sizes = b"".join(BUFFER_LENGTH.pack(b.nbytes) for b in buffers)
-        big = sum(b.nbytes for b in buffers) > _SMALL_FRAME
+        big = size > _SMALL_FRAME
         try:
             with self._send_lock:
                 if big:
@@ -225,7 +231,12 @@ class Link:
                                    "waiting for an answer (PYDIST_MAX_PENDING_CALLS); wait for some "
                                    "of them before sending more")
             self._pending[call_id] = reply
-        self.send(Kind.CALL, body, buffers, mode=mode, rrid=rrid, msg_id=call_id)
+        try:
+            self.send(Kind.CALL, body, buffers, mode=mode, rrid=rrid, msg_id=call_id)
+        except ValueError:
+            with self._pending_lock:
+                self._pending.pop(call_id, None)
+            raise
         return reply
 
     # -- receiving -------------------------------------------------------------------------
