@@ -1,0 +1,465 @@
+"""What batch-system managers share: submit a job, watch it, await its workers' joins, cancel it.
+
+A backend (Slurm today; PBS, SGE or Kubernetes later) subclasses `JobManager` and writes only
+what differs (STYLE.md §3):
+
+    build_spec(n, params, head, launch_id) -> spec   the job, built without I/O
+    submit(spec) -> job_id                           hand it to the scheduler
+    poll(job_ids) -> {job_id: JobStatus}             ONE scheduler call for all the ids
+    cancel(job_ids)                                  safe to repeat, also for ended jobs
+    output_tail(job_id) -> str                       optional: the end of the job's output
+    cookie_file(launch_id) -> path | None            optional: where the job reads the cookie
+
+How one launch goes (`JobManager.launch`, on addprocs's `pydist-launch` thread):
+
+1. Open the master's join listener (managers.elastic) and, if the backend wants one, write the
+   cookie to a 0600 file the job can read.  Build the spec and submit it: one job of n tasks.
+2. Wait for joins.  Every worker of the job is `python -m pydist.worker --join HEAD` with the
+   ident `<job_id>.<task>`, so each offer maps to its job and task; offers of other jobs of
+   this process (a cancelled launch's late workers) are refused, foreign ones are handed back
+   to the listener when the launch ends.  Between offers the launch reads the job's latest
+   state, which the watcher keeps current:
+   * PENDING longer than `queue_timeout` (counted from submission): cancel, LaunchError with
+     the scheduler's pending reason;
+   * RUNNING: `worker_timeout` counts from the first poll that saw it running, not from
+     submission, so time spent in the queue never fails a launch;
+   * ended before every task joined: LaunchError with the tail of the job's output.
+   A launch in which no worker joined cancels its job.
+3. Afterwards a job lives as long as its workers: when the last one is deregistered (rmprocs,
+   or it died) the job is cancelled at once; at master exit every live job is cancelled
+   (atexit), and the workers exit on their own when their master link drops.
+
+Walltime: with `walltime_margin` set, the watcher keeps reading the job's end time and, once
+`walltime_margin` seconds are left, removes the job's workers with `rmprocs(pid, waitfor=0)`
+(a warning is logged), so they leave before the scheduler kills them.  A call still running
+on such a worker fails with ProcessExitedException: the core has no way yet to stop lending
+one worker from the default pool and wait for its running calls (see docs/managers/slurm.md).
+
+Threads: `pydist-jobs-poll`, the watcher, is started by the first job and owned by this
+module; it sleeps on `_lock` until the next job is due, then makes one `poll` call per backend
+class for all of that backend's watched jobs.  It is the only code that polls a scheduler.
+"""
+
+from __future__ import annotations
+
+import abc
+import atexit
+import collections
+import dataclasses
+import enum
+import ipaddress
+import logging
+import math
+import os
+import secrets
+import socket
+import threading
+import time
+from typing import Any
+
+from pydist import ClusterManager, LaunchError, WorkerConfig, cluster_cookie, rmprocs
+
+from ._base import CommandError
+from .elastic import join_listener
+
+log = logging.getLogger("pydist")
+
+# After a launch, a job that needs watching (walltime_margin set) is polled at least this
+# often: rarely enough to put no load on the scheduler, often enough to notice a changed
+# time limit well before a margin of minutes runs out.
+WALLTIME_POLL_INTERVAL = 60.0
+
+# Lines of a job's output shown in a launch error: enough for a traceback, short enough to
+# read in a terminal.
+OUTPUT_TAIL_LINES = 20
+
+
+class JobState(enum.Enum):
+    """Where a batch job is, in the terms the launch needs."""
+    PENDING = "pending"      # queued: waiting for resources, a begin time, a dependency, ...
+    RUNNING = "running"      # started (the scheduler's RUNNING, CONFIGURING, COMPLETING)
+    ENDED = "ended"          # completed, failed, cancelled, timed out, or gone from the queue
+
+
+@dataclasses.dataclass(frozen=True)
+class JobStatus:
+    """What one poll learned about one job."""
+    state: JobState
+    reason: str = ""                 # the scheduler's word: why it pends, or how it ended
+    end_time: float | None = None    # when its walltime runs out (epoch seconds), if known
+
+
+@dataclasses.dataclass(eq=False)
+class _Job:
+    """One submitted job.  Fields below `ntasks` are guarded by `_lock`."""
+    manager: "JobManager"
+    job_id: str
+    ntasks: int
+    cookie_file: str | None
+    submitted: float = dataclasses.field(default_factory=time.monotonic)
+    status: JobStatus = JobStatus(JobState.PENDING)
+    running_since: float | None = None      # monotonic time of the first poll that saw RUNNING
+    launching: bool = True                  # its launch is still awaiting joins
+    joined: int = 0                         # workers handed to the core by its launch
+    pids: set[int] = dataclasses.field(default_factory=set)   # its registered workers
+    next_poll: float = 0.0                  # monotonic; math.inf: not watched
+    retiring: bool = False                  # walltime margin reached, workers being removed
+
+
+_lock = threading.Condition()     # guards every _Job's mutable fields, _live, _watcher_started
+_live: dict[tuple[int, str], _Job] = {}          # (id(manager), job_id) -> job, until it ends
+_submitted: set[str] = set()      # every job id this process submitted (to spot stale offers)
+_watcher_started = False
+
+
+class JobManager(ClusterManager):
+    """Workers are the tasks of one batch job per addprocs call; they dial the master's join
+    listener (worker connects).  Subclasses implement the scheduler commands.
+
+    Settings every backend has: `queue_timeout` (seconds a job may pend), `worker_timeout`
+    (seconds from RUNNING until every task joined; None: addprocs's worker_timeout),
+    `poll_interval` (seconds between scheduler polls while a launch waits), `walltime_margin`
+    (seconds before the walltime at which workers are removed; None: never), `join_host`
+    and `join_port` (where workers dial; see `head`)."""
+
+    job_kind = "batch job"        # how errors name a job: "Slurm job 123"
+    submit_hint = "check the option the scheduler names"    # next step after a refused job
+
+    def __init__(self, *, queue_timeout: float, worker_timeout: float | None, poll_interval: float,
+                 walltime_margin: float | None, join_host: str | None, join_port: int):
+        for name, value in (("queue_timeout", queue_timeout), ("poll_interval", poll_interval)):
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0 seconds, not {value!r}")
+        self.queue_timeout = float(queue_timeout)
+        self.worker_timeout = worker_timeout
+        self.poll_interval = float(poll_interval)
+        self.walltime_margin = walltime_margin
+        self.join_host = join_host
+        self.join_port = int(join_port)
+
+    # -- what a backend writes ------------------------------------------------------------
+    @abc.abstractmethod
+    def worker_count(self) -> int:
+        """How many workers the next launch starts."""
+
+    @abc.abstractmethod
+    def build_spec(self, n: int, params: dict, head: str, launch_id: str) -> Any:
+        """The job that starts `n` workers dialing `head` ("host:port"); no I/O.  Each worker's
+        ident must be `<job_id>.<task>` for the job id `submit` returns, task in 0..n-1."""
+
+    @abc.abstractmethod
+    def submit(self, spec: Any) -> str:
+        """Submit the job; returns its id.  Raises CommandError with the scheduler's message."""
+
+    @abc.abstractmethod
+    def poll(self, job_ids: list[str]) -> dict[str, JobStatus]:
+        """The state of each job, in one scheduler call; a job left out counts as unknown
+        (its previous state stands).  Must not depend on this instance's settings: the
+        watcher polls all jobs of a backend class through one of its instances."""
+
+    @abc.abstractmethod
+    def cancel(self, job_ids: list[str]) -> None:
+        """Cancel the jobs; no error for jobs that already ended."""
+
+    def output_tail(self, job_id: str) -> str:
+        """The last lines of the job's output, for error messages ("" if unknown)."""
+        return ""
+
+    def cookie_file(self, launch_id: str) -> str | None:
+        """Where this launch's job reads the cookie from; None if the backend passes it
+        another way.  The base writes it (0600) before submitting and removes it with the job."""
+        return None
+
+    # -- ClusterManager -------------------------------------------------------------------
+    def manage(self, pid: int, config: WorkerConfig, op: str) -> None:
+        """register/deregister keep the job's worker set; the last deregister cancels the job.
+        interrupt and finalize need nothing: the core sends both over the worker's link."""
+        job = self._job_of(config.ident)
+        if job is None:
+            return
+        with _lock:
+            if op == "register":
+                job.pids.add(pid)
+                return
+            if op != "deregister":
+                return
+            job.pids.discard(pid)
+            last = not job.pids and not job.launching
+        if last:
+            _end(job, f"its last worker ({pid}) is gone")
+
+    def launch(self, params: dict, launched: list[WorkerConfig], notify: threading.Condition) -> None:
+        n = self.worker_count()
+        listener = join_listener(*self._listen_address())
+        head = self.head(listener.host, listener.port)
+        launch_id = secrets.token_hex(4)
+        spec = self.build_spec(n, params, head, launch_id)
+        cookie = self.cookie_file(launch_id)
+        if cookie is not None:
+            write_secret(cookie, cluster_cookie())
+        try:
+            job_id = self.submit(spec)
+        except CommandError as err:
+            _remove(cookie)
+            raise LaunchError([(f"{self.job_kind} for {n} workers",
+                                f"submission failed: {err}\n{self.submit_hint}")]) from err
+        job = _Job(self, job_id, n, cookie)
+        with _lock:
+            _submitted.add(job_id)
+            _live[(id(self), job_id)] = job
+        log.info("pydist: submitted %s %s for %d workers joining %s", self.job_kind, job_id, n, head)
+        _watch(job, time.monotonic())
+        try:
+            self._await_joins(job, listener, head, params, launched, notify)
+        finally:
+            with _lock:
+                job.launching = False
+                joined = job.joined
+            _watch(job, time.monotonic())     # keeps watching only for the walltime margin
+            if joined == 0:                   # also after a failure: nothing is left behind
+                _end(job, "no worker joined")
+
+    def head(self, host: str, port: int) -> str:
+        """The "host:port" workers dial: `join_host` if given, else the listener's address,
+        else (a wildcard listener) this machine's hostname, which the nodes resolve."""
+        host = self.join_host or (host if host not in ("0.0.0.0", "::", "") else socket.gethostname())
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    # -- the launch's wait ------------------------------------------------------------------
+    def _listen_address(self) -> tuple[str, int, str | None]:
+        """Bind to join_host when it is an address of this machine's, else to all interfaces."""
+        host = self.join_host
+        try:
+            ipaddress.ip_address(host or "")
+        except ValueError:
+            return "0.0.0.0", self.join_port, None
+        return host, self.join_port, host
+
+    def _await_joins(self, job: _Job, listener, head: str, params: dict,
+                     launched: list[WorkerConfig], notify: threading.Condition) -> None:
+        """Hand each worker of `job` that dials in to the core (counted in job.joined).
+        Raises LaunchError (listing the tasks that did not join) when the job pends too long,
+        ends, or does not bring all its workers within worker_timeout of starting."""
+        worker_timeout = float(self.worker_timeout or params["worker_timeout"])
+        missing = {f"{job.job_id}.{task}" for task in range(job.ntasks)}
+        foreign: list[WorkerConfig] = []
+        try:
+            while missing:
+                now = time.monotonic()
+                with _lock:
+                    status, running_since = job.status, job.running_since
+                if status.state is JobState.ENDED:
+                    raise self._failure(job, missing, f"ended ({status.reason or 'no reason given'}) "
+                                        "before these workers joined")
+                if running_since is None:
+                    deadline = job.submitted + self.queue_timeout
+                    if now >= deadline:       # launch() cancels the job on the way out
+                        raise self._pending_failure(job, status)
+                else:
+                    deadline = running_since + worker_timeout
+                    if now >= deadline:
+                        raise self._failure(job, missing, f"did not join {head} "
+                                            f"within {worker_timeout:.0f} s of the job starting")
+                config = listener.next_offer(min(self.poll_interval, deadline - now))
+                if config is None:
+                    continue
+                ident = str(config.ident)
+                with _lock:
+                    stale = _owner_of(ident) in _submitted
+                    if ident in missing:
+                        job.joined += 1
+                if ident in missing:
+                    missing.discard(ident)
+                    with notify:
+                        launched.append(config)
+                        notify.notify_all()
+                elif stale:
+                    log.warning("pydist: refused worker %s: its launch is over", ident)
+                    _close(config)
+                else:
+                    foreign.append(config)
+        finally:
+            for config in foreign:        # another manager's worker (ElasticManager): give back
+                listener.offers.put(config)
+
+    def _failure(self, job: _Job, missing: set[str], why: str) -> LaunchError:
+        tasks = sorted(int(ident.rpartition(".")[2]) for ident in missing)
+        tail = self.output_tail(job.job_id)
+        which = f"task {tasks[0]}" if len(tasks) == 1 else f"tasks {_ranges(tasks)}"
+        reason = (f"{len(tasks)} of {job.ntasks} workers ({which}) {why}"
+                  + (f"; the job's output ends with:\n{tail}" if tail else
+                     "; the job wrote no output: check that the nodes can run the worker command"))
+        return LaunchError([(f"{self.job_kind} {job.job_id}", reason)])
+
+    def _pending_failure(self, job: _Job, status: JobStatus) -> LaunchError:
+        why = status.reason or "the scheduler gave no reason"
+        return LaunchError([(f"{self.job_kind} {job.job_id}",
+                             f"stayed PENDING ({why}) for {self.queue_timeout:.0f} s and was cancelled: "
+                             "ask for fewer resources or less time, pick another partition=..., "
+                             "or raise queue_timeout")])
+
+    def _job_of(self, ident: Any) -> _Job | None:
+        with _lock:
+            return _live.get((id(self), _owner_of(str(ident))))
+
+
+# -- the watcher ------------------------------------------------------------------------------
+def _watch(job: _Job, now: float) -> None:
+    """(Re)schedule `job`'s next poll, or stop watching it; wakes the watcher."""
+    global _watcher_started
+    with _lock:
+        job.next_poll = _next_poll(job, now)
+        if not _watcher_started and job.next_poll < math.inf:
+            threading.Thread(target=_watcher, name="pydist-jobs-poll", daemon=True).start()
+            _watcher_started = True
+        _lock.notify_all()
+
+
+def _next_poll(job: _Job, now: float) -> float:
+    """Called with _lock held.  While launching: every poll_interval.  Afterwards, only with a
+    walltime margin: at the margin, and at least every WALLTIME_POLL_INTERVAL."""
+    if (id(job.manager), job.job_id) not in _live:
+        return math.inf
+    if job.launching:
+        return now + job.manager.poll_interval
+    margin = job.manager.walltime_margin
+    if margin is None or job.retiring or job.status.state is JobState.ENDED:
+        return math.inf
+    if job.status.state is JobState.PENDING:   # its workers joined before a poll saw it run
+        return now + job.manager.poll_interval
+    due = now + max(WALLTIME_POLL_INTERVAL, job.manager.poll_interval)
+    if job.status.end_time is not None:
+        due = min(due, now + max(job.status.end_time - margin - time.time(), 0.0))
+    return due
+
+
+def _watcher() -> None:
+    while True:
+        with _lock:
+            while True:
+                now = time.monotonic()
+                due = min((j.next_poll for j in _live.values()), default=math.inf)
+                if due <= now:
+                    break
+                _lock.wait(None if due == math.inf else due - now)
+            # Every watched job of a backend rides along with the due one: one call per backend.
+            batches: dict[type, list[_Job]] = collections.defaultdict(list)
+            for job in _live.values():
+                if job.next_poll < math.inf:
+                    batches[type(job.manager)].append(job)
+            for jobs in batches.values():
+                for job in jobs:
+                    job.next_poll = math.inf        # until rescheduled below
+        for jobs in batches.values():
+            try:
+                _poll_batch(jobs)
+            except Exception:       # the one poll loop must survive anything a backend does
+                log.exception("pydist: polling %s jobs failed", jobs[0].manager.job_kind)
+
+
+def _poll_batch(jobs: list[_Job]) -> None:
+    try:
+        statuses = jobs[0].manager.poll([job.job_id for job in jobs])
+    except Exception as err:                    # the scheduler may be briefly unreachable
+        log.warning("pydist: polling %s jobs %s failed (will retry): %s", jobs[0].manager.job_kind,
+                    ", ".join(job.job_id for job in jobs), err)
+        statuses = {}
+    now, retire = time.monotonic(), []
+    with _lock:
+        for job in jobs:
+            status = statuses.get(job.job_id)
+            if status is not None:
+                job.status = status
+                if status.state is not JobState.PENDING and job.running_since is None:
+                    job.running_since = now
+            margin = job.manager.walltime_margin
+            end = job.status.end_time
+            if (margin is not None and end is not None and not job.launching and not job.retiring
+                    and job.pids and time.time() >= end - margin):
+                job.retiring = True
+                retire.append((job, sorted(job.pids), end))
+            job.next_poll = _next_poll(job, now)
+        _lock.notify_all()
+    for job, pids, end in retire:
+        log.warning("pydist: %s %s reaches its time limit in %.0f s (walltime_margin=%.0f): removing "
+                    "its workers %s", job.manager.job_kind, job.job_id, max(end - time.time(), 0),
+                    job.manager.walltime_margin, pids)
+        rmprocs(*pids, waitfor=0)       # the last deregister then cancels the job
+
+
+# -- ending jobs ----------------------------------------------------------------------------
+def _end(job: _Job, why: str) -> None:
+    """Cancel `job` (harmless if it already ended), remove its cookie file, forget it."""
+    with _lock:
+        if _live.pop((id(job.manager), job.job_id), None) is None:
+            return
+        job.next_poll = math.inf
+    # The cookie file goes first: it only serves starting workers, and this may run on a
+    # daemon thread (a reader's exit hook) that the interpreter's exit cuts short.
+    _remove(job.cookie_file)
+    log.info("pydist: cancelling %s %s: %s", job.manager.job_kind, job.job_id, why)
+    try:
+        job.manager.cancel([job.job_id])
+    except Exception as err:
+        log.warning("pydist: could not cancel %s %s: %s; cancel it by hand", job.manager.job_kind,
+                    job.job_id, err)
+
+
+@atexit.register
+def _end_all() -> None:
+    """At master exit: cancel every job still alive (its workers exit anyway once the master's
+    links close; this also ends jobs still pending or starting)."""
+    with _lock:
+        jobs = list(_live.values())
+    for job in jobs:
+        _end(job, "the master is exiting")
+
+
+# -- helpers --------------------------------------------------------------------------------
+def _owner_of(ident: str) -> str:
+    """The job id in a worker ident `<job_id>.<task>`."""
+    return ident.rpartition(".")[0]
+
+
+def _close(config: WorkerConfig) -> None:
+    """Refuse a worker that dialed in: closing its link makes it exit."""
+    try:
+        config.sock.close()
+    except (OSError, AttributeError):
+        pass
+
+
+def write_secret(path: str, text: str) -> None:
+    """Write `text` to a new file readable by its owner only (0600), in a 0700 directory if
+    the directory has to be made.  The file is written under a temporary name and renamed,
+    so a reader never sees it half written."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    partial = f"{path}.{secrets.token_hex(4)}.partial"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text + "\n")
+        os.replace(partial, path)
+    except BaseException:
+        _remove(partial)
+        raise
+
+
+def _remove(path: str | None) -> None:
+    if path:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2,5"."""
+    parts: list[tuple[int, int]] = []
+    for n in numbers:
+        if parts and parts[-1][1] == n - 1:
+            parts[-1] = (parts[-1][0], n)
+        else:
+            parts.append((n, n))
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in parts)

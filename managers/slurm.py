@@ -1,0 +1,285 @@
+"""SlurmManager: workers are the tasks of a Slurm job and dial back to the master (worker connects).
+
+How a worker starts.  From a login node or notebook, `addprocs(SlurmManager(n=8, ...))`
+submits ONE batch job of n tasks (`job_script()` shows it).  The script exports the workers'
+environment, runs the `prologue` lines, then one `srun` step whose every task runs
+
+    python -m pydist.worker --join HEAD --cookie-file FILE --ident $SLURM_JOB_ID.$SLURM_PROCID
+
+Inside an allocation (a script run by sbatch or salloc), `addprocs(SlurmManager())` with no
+`n` runs that command as one step of SLURM_NTASKS tasks of the allocation, started by `srun`
+from the master (the batch script itself); the ident is `$SLURM_JOB_ID.<launch>.<task>`.
+
+Which side connects.  The worker: it dials the master's join listener (managers.elastic) at
+`join_host` (default: the master's hostname) and authenticates with the cookie, which it
+reads from a 0600 file in `output_dir` that the master writes before submitting and removes
+when the job ends.  The cookie is never on a command line, in the script or in the
+environment.  The job's output (every worker's stdout and stderr) goes to
+`output_dir/pydist-<job id>.out`; it is not relayed to the master.
+
+What kill and interrupt do.  `rmprocs` asks the worker to exit over its link (the core then
+closes the link, which a worker never survives); its srun task ends and the others go on
+(`srun --wait=0 --kill-on-bad-exit=0`).  When the last worker of a job is gone the job is
+cancelled (`scancel`, or SIGTERM to the step's srun inside an allocation); so is every live
+job when the master exits, and a master killed with SIGKILL loses its links, so its workers
+exit and the job ends.  `interrupt` raises KeyboardInterrupt in the worker's running calls,
+sent over the link; Slurm is not involved.
+
+Scheduler traffic: one `squeue` call per poll for all of this process's Slurm jobs
+(managers._jobs owns the only poll loop); `sbatch` once per addprocs; `scancel` once per job.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shlex
+import subprocess
+import threading
+from typing import NamedTuple, Sequence
+
+from pydist import default_addprocs_params
+
+from ._base import CommandError, run, worker_argv, worker_env
+from ._jobs import OUTPUT_TAIL_LINES, JobManager, JobState, JobStatus
+
+# squeue states in which the job has its resources and its tasks run (CONFIGURING: nodes
+# still booting, so the launch timer has not started yet).
+RUNNING_STATES = {"RUNNING"}
+# States in which the job waits and may still start.
+WAITING_STATES = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+                  "RESV_DEL_HOLD", "SUSPENDED", "STOPPED", "RESIZING", "SIGNALING"}
+
+# How long a scheduler command may take before it counts as failed: slurmctld answers in
+# milliseconds, but a busy one can take seconds; a hung one must not hang addprocs.
+COMMAND_TIMEOUT = 30.0
+
+# The shell each task runs: name the worker after its job and task, then become the worker.
+TASK_SHELL = 'exec "$@" --ident "{job}.$SLURM_PROCID"'
+
+
+class SrunStep(NamedTuple):
+    """The spec of a launch inside an allocation: the srun command, the ident prefix its
+    workers use, and the file its output goes to."""
+    argv: list[str]
+    key: str
+    output: str
+
+
+_steps: dict[str, tuple[subprocess.Popen, str]] = {}  # step key -> (srun, allocation job id)
+_steps_lock = threading.Lock()                          # guards _steps
+
+
+class SlurmManager(JobManager):
+    """Workers as the tasks of a Slurm job (worker connects); see the module docstring.
+
+    n: workers, i.e. tasks of one sbatch job; None inside an allocation: one per task of it
+    (SLURM_NTASKS).  partition, time, cpus_per_task, mem, account, qos, job_name: the sbatch
+    options of that name (None: the cluster's default).  sbatch_args: more `#SBATCH` options,
+    e.g. ["--constraint=skylake"].  prologue: shell lines run before the workers start, e.g.
+    ["module load python/3.11", "source ~/venv/bin/activate"].  output_dir: where the job's
+    output file and the cookie file go (a directory the nodes share; default ~/.pydist/slurm).
+    queue_timeout, worker_timeout, poll_interval, walltime_margin, join_host, join_port: see
+    managers._jobs.JobManager."""
+
+    job_kind = "Slurm job"
+    submit_hint = ("fix the option sbatch names (partition=..., sbatch_args=[...], ...); "
+                   "print(manager.job_script()) shows the script that was submitted")
+
+    def __init__(self, n: int | None = None, *, partition: str | None = None,
+                 time: str | None = "01:00:00", cpus_per_task: int | None = None,
+                 mem: str | None = None, account: str | None = None, qos: str | None = None,
+                 job_name: str = "pydist", sbatch_args: Sequence[str] = (),
+                 prologue: Sequence[str] = (), output_dir: str | None = None,
+                 queue_timeout: float = 3600.0, worker_timeout: float | None = None,
+                 poll_interval: float = 5.0, walltime_margin: float | None = None,
+                 join_host: str | None = None, join_port: int = 0):
+        super().__init__(queue_timeout=queue_timeout, worker_timeout=worker_timeout,
+                         poll_interval=poll_interval, walltime_margin=walltime_margin,
+                         join_host=join_host, join_port=join_port)
+        if n is None and "SLURM_JOB_ID" not in os.environ:
+            raise ValueError("SlurmManager() without n starts one worker per task of the allocation "
+                             "it runs in, and this process is not in one (no SLURM_JOB_ID). From a "
+                             "login node, say how many workers to submit: "
+                             "SlurmManager(n=8, time=\"01:00:00\", partition=\"debug\")")
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"n must be a number of workers >= 1, not {n!r}")
+        if isinstance(sbatch_args, str) or isinstance(prologue, str):
+            raise TypeError("sbatch_args and prologue are lists of strings, one option or line each")
+        self.n = n
+        self.partition, self.time, self.cpus_per_task, self.mem = partition, time, cpus_per_task, mem
+        self.account, self.qos, self.job_name = account, qos, job_name
+        self.sbatch_args, self.prologue = list(sbatch_args), list(prologue)
+        self.output_dir = os.path.abspath(os.path.expanduser(output_dir or "~/.pydist/slurm"))
+
+    def __repr__(self) -> str:
+        return f"SlurmManager(n={self.n}, partition={self.partition!r}, time={self.time!r})"
+
+    @property
+    def in_allocation(self) -> bool:
+        """True when launches run a step of the current allocation instead of submitting."""
+        return self.n is None
+
+    # -- the spec: no I/O ------------------------------------------------------------------
+    def worker_count(self) -> int:
+        return self.n if self.n is not None else int(os.environ.get("SLURM_NTASKS", "1"))
+
+    def job_script(self, n: int | None = None, head: str = "HOST:PORT", params: dict | None = None) -> str:
+        """The batch script addprocs would submit (or, inside an allocation, the srun command),
+        for printing and tests; no side effects.  `head` is known once the master listens."""
+        spec = self.build_spec(n or self.worker_count(), params or default_addprocs_params(), head,
+                               "LAUNCH")
+        return spec if isinstance(spec, str) else shlex.join(spec.argv) + "\n"
+
+    def build_spec(self, n: int, params: dict, head: str, launch_id: str) -> str | SrunStep:
+        """A batch script for `n` workers dialing `head`, or inside an allocation an SrunStep."""
+        timeout = self.worker_timeout or params.get("worker_timeout")
+        argv = worker_argv(params, "--join", head, "--cookie-file", self.cookie_file(launch_id),
+                           *(["--join-timeout", f"{float(timeout):g}"] if timeout else []))
+        if self.in_allocation:
+            return self._srun_step(n, params, argv, launch_id)
+        options = {"job-name": self.job_name, "ntasks": n, "time": self.time,
+                   "partition": self.partition, "cpus-per-task": self.cpus_per_task,
+                   "mem": self.mem, "account": self.account, "qos": self.qos,
+                   "output": os.path.join(self.output_dir, "pydist-%j.out"), "chdir": params["dir"]}
+        lines = ["#!/bin/sh"]
+        lines += [f"#SBATCH --{name}={value}" for name, value in options.items() if value is not None]
+        lines += [f"#SBATCH {arg}" for arg in self.sbatch_args]
+        lines += ["# pydist workers: every task dials the master and joins it (worker connects).",
+                  "# The cookie is read from a 0600 file the master writes; it is never in this script."]
+        lines += _exports(params)
+        lines += self.prologue
+        lines.append(shlex.join([*self._srun_options(), "/bin/sh", "-c",
+                                 TASK_SHELL.format(job="$SLURM_JOB_ID"), "pydist-worker", *argv]))
+        # The master removes the cookie file when the job ends; this covers a master that was
+        # killed (its workers exit when its links drop, so srun returns here).
+        lines.append(shlex.join(["rm", "-f", "--", self.cookie_file(launch_id)]))
+        lines.append("")
+        return "\n".join(lines)
+
+    def _srun_options(self) -> list[str]:
+        # --wait=0 and --kill-on-bad-exit=0: a worker that leaves (rmprocs) or fails must not
+        # end its siblings (a site's WaitTime would otherwise kill them after that many seconds).
+        # Slurm 22.05's srun ignores sbatch's --cpus-per-task, so it is repeated here.
+        cpus = self.cpus_per_task or (os.environ.get("SLURM_CPUS_PER_TASK") if self.in_allocation
+                                      else None)
+        return ["srun", "--wait=0", "--kill-on-bad-exit=0",
+                *([f"--cpus-per-task={cpus}"] if cpus else [])]
+
+    def _srun_step(self, n: int, params: dict, argv: list[str], launch_id: str) -> SrunStep:
+        # --overlap: the step starts even if an earlier step (another addprocs) holds the CPUs.
+        key = f"{os.environ.get('SLURM_JOB_ID', 'JOBID')}.{launch_id}"
+        shell = "\n".join([*_exports(params), *self.prologue, TASK_SHELL.format(job=key)])
+        command = [*self._srun_options(), f"--ntasks={n}", "--overlap", f"--chdir={params['dir']}",
+                   f"--job-name={self.job_name}", "/bin/sh", "-c", shell, key, *argv]
+        return SrunStep(command, key, os.path.join(self.output_dir, f"pydist-{key}.out"))
+
+    def cookie_file(self, launch_id: str) -> str:
+        return os.path.join(self.output_dir, f"pydist-{launch_id}.cookie")
+
+    # -- scheduler commands -----------------------------------------------------------------
+    def submit(self, spec: str | SrunStep) -> str:
+        if isinstance(spec, SrunStep):
+            return self._start_step(spec)
+        os.makedirs(self.output_dir, mode=0o700, exist_ok=True)
+        out = run(["sbatch", "--parsable"], input=spec, timeout=COMMAND_TIMEOUT)
+        return out.strip().splitlines()[-1].split(";")[0].strip()
+
+    def _start_step(self, step: SrunStep) -> str:
+        os.makedirs(self.output_dir, mode=0o700, exist_ok=True)
+        with open(step.output, "ab") as output:
+            try:
+                process = subprocess.Popen(step.argv, stdin=subprocess.DEVNULL, stdout=output,
+                                           stderr=subprocess.STDOUT, start_new_session=True)
+            except FileNotFoundError as err:
+                raise CommandError(step.argv, 127, "", "srun: command not found") from err
+        with _steps_lock:
+            _steps[step.key] = (process, os.environ["SLURM_JOB_ID"])
+        return step.key
+
+    def poll(self, job_ids: list[str]) -> dict[str, JobStatus]:
+        with _steps_lock:
+            steps = {key: _steps[key] for key in job_ids if key in _steps}
+        batch = [j for j in job_ids if not _is_step(j)]
+        queried = sorted({*batch, *(allocation for _, allocation in steps.values())})
+        found = _squeue(queried) if queried else {}
+        statuses = {j: found.get(j, JobStatus(JobState.ENDED, "no longer in the queue")) for j in batch}
+        statuses.update({j: JobStatus(JobState.ENDED, "srun step cancelled")
+                         for j in job_ids if _is_step(j) and j not in steps})
+        for key, (process, allocation) in steps.items():
+            code = process.poll()
+            end = found[allocation].end_time if allocation in found else None
+            statuses[key] = (JobStatus(JobState.RUNNING, "", end) if code is None else
+                             JobStatus(JobState.ENDED, f"srun exited with code {code}"))
+        return statuses
+
+    def cancel(self, job_ids: list[str]) -> None:
+        with _steps_lock:
+            steps = [_steps.pop(key)[0] for key in job_ids if key in _steps]
+        batch = [j for j in job_ids if not _is_step(j)]
+        for process in steps:      # SIGTERM to srun cancels its step (all its tasks)
+            if process.poll() is None:
+                process.terminate()
+            try:
+                process.wait(COMMAND_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if batch:
+            run(["scancel", *batch], timeout=COMMAND_TIMEOUT)
+
+    def output_tail(self, job_id: str) -> str:
+        name = f"pydist-{job_id}.out"
+        path = os.path.join(self.output_dir, name)
+        try:
+            with open(path, errors="replace") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return ""
+        return "\n".join([f"({path})", *lines[-OUTPUT_TAIL_LINES:]]) if lines else ""
+
+
+def _is_step(job_id: str) -> bool:
+    """Step keys are `<allocation>.<launch>`; sbatch ids have no dot."""
+    return "." in job_id
+
+
+def _exports(params: dict) -> list[str]:
+    """`export NAME=value` lines for the workers' environment (never the cookie)."""
+    lines = []
+    for name, value in worker_env(params).items():
+        if not name.isidentifier():
+            raise ValueError(f"env: {name!r} is not a valid environment variable name")
+        lines.append(f"export {name}={shlex.quote(value)}")
+    return lines
+
+
+def _squeue(job_ids: list[str]) -> dict[str, JobStatus]:
+    """One squeue call: state, reason and end time of each job still known to slurmctld."""
+    try:
+        out = run(["squeue", "--noheader", "--states=all", "--jobs=" + ",".join(job_ids),
+                   "--format=%i|%T|%r|%e"], timeout=COMMAND_TIMEOUT)
+    except CommandError as err:
+        if "Invalid job id" in (err.stderr or ""):     # every id is gone from slurmctld's memory
+            return {}
+        raise
+    found = {}
+    for line in out.splitlines():
+        job_id, state, reason, end = (line.split("|") + ["", "", ""])[:4]
+        reason = "" if reason in ("None", "(null)") else reason
+        if state in RUNNING_STATES:
+            found[job_id] = JobStatus(JobState.RUNNING, reason, _epoch(end))
+        elif state in WAITING_STATES:
+            found[job_id] = JobStatus(JobState.PENDING, reason if state == "PENDING" else
+                                      f"{state}{', ' + reason if reason else ''}")
+        else:
+            found[job_id] = JobStatus(JobState.ENDED, f"{state}{', ' + reason if reason else ''}")
+    return found
+
+
+def _epoch(text: str) -> float | None:
+    """squeue's %e ("2026-11-26T17:00:01", local time) as epoch seconds; None for N/A etc."""
+    try:
+        return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S").timestamp()
+    except ValueError:
+        return None
