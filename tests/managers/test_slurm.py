@@ -1,0 +1,299 @@
+"""SlurmManager and the deploy/slurm scripts, on a real Slurm (the local single-node set-up).
+
+The job_script() tests need no Slurm.  The others carry @pytest.mark.slurm; each submits
+jobs under a job name of its own and its teardown cancels whatever is left under that name,
+waits until squeue no longer lists it, and checks that no cookie file is left behind.
+Workers dial 127.0.0.1 only.  The node has 2 CPUs, so no test asks for more than 2 tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from infra import require, slurm_running      # tests/ is on sys.path (no tests/__init__.py)
+
+from managers.slurm import SlurmManager
+from pydist import (LaunchError, addprocs, cluster_cookie, default_addprocs_params, myid, pmap,
+                    remotecall_fetch, rmprocs, workers)
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy" / "slurm"
+SQUEUE_PERIOD = 0.5      # how often the tests' own waits ask squeue
+
+
+def wait_for(condition, timeout: float, what: str, period: float = SQUEUE_PERIOD):
+    """Re-check condition() every `period` s until truthy; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(period)
+
+
+def squeue_ids(job_name: str) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-n", job_name, "-o", "%i"], capture_output=True,
+                         text=True, timeout=30, check=True).stdout
+    return out.split()
+
+
+def remove_workers() -> None:
+    ids = [p for p in workers() if p != 1]
+    if ids:
+        rmprocs(*ids, waitfor=30)
+
+
+# -- job_script(): no Slurm needed -------------------------------------------------------------
+@pytest.mark.parametrize("options, line", [
+    ({"partition": "gpu"}, "#SBATCH --partition=gpu"),
+    ({"time": "00:10:00"}, "#SBATCH --time=00:10:00"),
+    ({"cpus_per_task": 4}, "#SBATCH --cpus-per-task=4"),
+    ({"mem": "2G"}, "#SBATCH --mem=2G"),
+    ({"account": "proj42"}, "#SBATCH --account=proj42"),
+    ({"qos": "short"}, "#SBATCH --qos=short"),
+    ({"job_name": "sweep"}, "#SBATCH --job-name=sweep"),
+    ({"sbatch_args": ["--constraint=skylake", "--exclusive"]}, "#SBATCH --constraint=skylake"),
+    ({"sbatch_args": ["--constraint=skylake", "--exclusive"]}, "#SBATCH --exclusive"),
+    ({"prologue": ["module load python/3.11"]}, "module load python/3.11"),
+])
+def test_job_script_carries_each_option(options, line):
+    assert line in SlurmManager(n=2, **options).job_script().splitlines()
+
+
+def test_job_script_runs_one_srun_step_of_n_workers_that_join_the_master(tmp_path):
+    script = SlurmManager(n=3, output_dir=str(tmp_path)).job_script(head="login1:4242")
+    lines = script.splitlines()
+    assert lines[0] == "#!/bin/sh"
+    assert "#SBATCH --ntasks=3" in lines
+    assert f"#SBATCH --output={tmp_path}/pydist-%j.out" in lines
+    srun = [ln for ln in lines if ln.startswith("srun ")]
+    assert len(srun) == 1
+    assert "--wait=0" in srun[0] and "--kill-on-bad-exit=0" in srun[0]
+    assert f"{sys.executable} -m pydist.worker --join login1:4242 --cookie-file {tmp_path}/" in srun[0]
+    assert '--ident "$SLURM_JOB_ID.$SLURM_PROCID"' in srun[0]
+
+
+def test_job_script_runs_the_prologue_before_the_workers():
+    lines = SlurmManager(n=1, prologue=["source ~/venv/bin/activate"]).job_script().splitlines()
+    srun = next(i for i, ln in enumerate(lines) if ln.startswith("srun "))
+    assert lines.index("source ~/venv/bin/activate") < srun
+
+
+def test_job_script_repeats_cpus_per_task_for_srun():
+    srun = next(ln for ln in SlurmManager(n=1, cpus_per_task=2).job_script().splitlines()
+                if ln.startswith("srun "))
+    assert "--cpus-per-task=2" in srun
+
+
+def test_job_script_never_contains_the_cookie():
+    script = SlurmManager(n=2, prologue=["echo hi"]).job_script()
+    assert cluster_cookie() not in script
+    assert "--cookie-file" in script
+
+
+def test_job_script_exports_the_workers_environment():
+    params = {**default_addprocs_params(), "env": {"MY_SETTING": "a b"}}
+    lines = SlurmManager(n=1).job_script(params=params).splitlines()
+    assert "export MY_SETTING='a b'" in lines
+    assert "export OMP_NUM_THREADS=1" in lines
+
+
+def test_job_script_inside_an_allocation_is_one_srun_step_of_all_tasks(monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "777")
+    monkeypatch.setenv("SLURM_NTASKS", "6")
+    command = SlurmManager().job_script()
+    assert command.startswith("srun ")
+    assert "--ntasks=6" in command and "--overlap" in command
+    assert "777." in command and "sbatch" not in command
+
+
+def test_slurm_manager_without_n_outside_an_allocation_says_what_to_pass(monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    with pytest.raises(ValueError, match=r"SlurmManager\(n=8"):
+        SlurmManager()
+
+
+# -- real Slurm --------------------------------------------------------------------------------
+@pytest.fixture
+def slurm(tmp_path):
+    """A job name and output directory of this test's own; afterwards no job under that
+    name is left in squeue, no worker in the cluster and no cookie file on disk."""
+    require(slurm_running(), "Slurm is not running (bash .ci/slurm.sh start)")
+    name = f"pydist-test-{secrets.token_hex(3)}"
+    remove_workers()
+    yield name, tmp_path
+    remove_workers()
+    try:        # a job being cancelled is still listed (COMPLETING) for a moment
+        wait_for(lambda: not squeue_ids(name), 30, f"the jobs named {name} to leave squeue")
+    except AssertionError:
+        left = squeue_ids(name)
+        subprocess.run(["scancel", *left], timeout=30)
+        raise AssertionError(f"the test left Slurm jobs {left} behind (now cancelled)") from None
+    assert not list(tmp_path.glob("*.cookie")), "a cookie file was left behind"
+
+
+def manager(slurm, **options) -> SlurmManager:
+    name, tmp = slurm
+    settings = dict(join_host="127.0.0.1", output_dir=str(tmp), job_name=name, time="5",
+                    poll_interval=0.5, queue_timeout=60, worker_timeout=30)
+    return SlurmManager(**{**settings, **options})
+
+
+@pytest.mark.slurm
+def test_slurm_workers_compute_call_each_other_and_rmprocs_cancels_the_job(slurm):
+    name, tmp = slurm
+    ids = addprocs(manager(slurm, n=2))
+    assert len(ids) == 2 and workers() == ids
+    [job] = squeue_ids(name)
+    cookie = next(tmp.glob("*.cookie"))
+    assert stat.S_IMODE(cookie.stat().st_mode) == 0o600
+    assert pmap(lambda x: x * x, range(8)) == [x * x for x in range(8)]
+    assert remotecall_fetch(lambda: os.environ["SLURM_JOB_ID"], ids[0]) == job
+    assert remotecall_fetch(lambda peer: remotecall_fetch(myid, peer), ids[0], ids[1]) == ids[1]
+    rmprocs(*ids).wait(30)
+    wait_for(lambda: not squeue_ids(name), 30, f"job {job} to leave squeue after rmprocs")
+    assert not cookie.exists()
+
+
+@pytest.mark.slurm
+def test_slurm_job_outlives_a_removed_worker_until_the_last_one_goes(slurm):
+    name, _tmp = slurm
+    first, second = addprocs(manager(slurm, n=2))
+    rmprocs(first).wait(30)
+    assert remotecall_fetch(myid, second) == second       # its task still runs
+    assert squeue_ids(name)
+    rmprocs(second).wait(30)
+    wait_for(lambda: not squeue_ids(name), 30, "the job to leave squeue after its last worker")
+
+
+MASTER = """
+import os, signal, sys
+from pydist import addprocs
+from managers.slurm import SlurmManager
+addprocs(SlurmManager(n=1, join_host="127.0.0.1", output_dir=sys.argv[2], job_name=sys.argv[3],
+                      time="5", poll_interval=0.5, queue_timeout=60, worker_timeout=30))
+print("ready", flush=True)
+if sys.argv[1] == "sigkill":
+    os.kill(os.getpid(), signal.SIGKILL)      # no atexit: the workers notice the lost link
+"""
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("how", ["exit", "sigkill"])
+def test_slurm_job_ends_within_30_s_when_the_master_exits(slurm, how):
+    name, tmp = slurm
+    master = subprocess.run([sys.executable, "-c", MASTER, how, str(tmp), name], capture_output=True,
+                            text=True, timeout=90)
+    assert "ready" in master.stdout, master.stderr
+    wait_for(lambda: not squeue_ids(name), 30, f"the job to end after the master's {how}")
+    wait_for(lambda: not list(tmp.glob("*.cookie")), 5, "the job's cookie file to be removed")
+
+
+DRIVER = """
+import json, os, sys
+from pydist import addprocs, myid, pmap, remotecall_fetch, rmprocs
+from managers import SlurmManager
+ids = addprocs(SlurmManager(join_host="127.0.0.1", output_dir=sys.argv[2], poll_interval=0.5))
+result = {"ids": ids, "squares": pmap(lambda x: x * x, range(6)),
+          "jobs": [remotecall_fetch(lambda: os.environ["SLURM_JOB_ID"], p) for p in ids],
+          "peer": remotecall_fetch(lambda p: remotecall_fetch(myid, p), ids[0], ids[-1]),
+          "master_job": os.environ["SLURM_JOB_ID"]}
+rmprocs(*ids).wait(30)
+with open(sys.argv[1], "w") as f:
+    json.dump(result, f)
+"""
+
+
+@pytest.mark.slurm
+def test_slurm_manager_inside_an_allocation_starts_one_worker_per_task(slurm):
+    name, tmp = slurm
+    (tmp / "driver.py").write_text(DRIVER)
+    result = tmp / "result.json"
+    job = subprocess.run(
+        ["sbatch", "--parsable", "--ntasks=2", "--time=5", f"--job-name={name}",
+         f"--output={tmp}/driver-%j.out", str(DEPLOY / "driver.sbatch"), str(tmp / "driver.py"),
+         str(result), str(tmp)],
+        env={**os.environ, "PYDIST_PYTHON": sys.executable}, capture_output=True, text=True,
+        timeout=30, check=True).stdout.strip()
+    wait_for(lambda: not squeue_ids(name), 60, f"driver job {job} to finish")
+    output = "".join(p.read_text() for p in tmp.glob("driver-*.out"))
+    assert result.exists(), f"the driver wrote no result; its output:\n{output}"
+    got = json.loads(result.read_text())
+    assert got["ids"] == [2, 3] and got["peer"] == 3
+    assert got["squares"] == [0, 1, 4, 9, 16, 25]
+    assert got["jobs"] == [job, job] == [got["master_job"]] * 2
+
+
+@pytest.mark.slurm
+def test_worker_array_joins_an_elastic_master(slurm):
+    from managers.elastic import ElasticManager
+    name, tmp = slurm
+    elastic = ElasticManager(n=2, host="127.0.0.1", port=0, timeout=60)
+    host, port = elastic.address
+    cookie = tmp / "elastic.cookie.txt"
+    fd = os.open(cookie, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, cluster_cookie().encode())
+    os.close(fd)
+    env = {**os.environ, "PYDIST_HEAD": f"{'127.0.0.1' if host == '0.0.0.0' else host}:{port}",
+           "PYDIST_COOKIE_FILE": str(cookie), "PYDIST_PYTHON": sys.executable}
+    job = subprocess.run(["sbatch", "--parsable", "--array=0-1", "--time=5", f"--job-name={name}",
+                          f"--output={tmp}/workers-%A_%a.out", str(DEPLOY / "workers.sbatch")],
+                         env=env, capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    ids = addprocs(elastic)
+    assert len(ids) == 2
+    tasks = sorted(remotecall_fetch(lambda: os.environ["SLURM_ARRAY_TASK_ID"], p) for p in ids)
+    assert tasks == ["0", "1"]
+    assert remotecall_fetch(lambda: os.environ["SLURM_ARRAY_JOB_ID"], ids[0]) == job
+    rmprocs(*ids).wait(30)
+    wait_for(lambda: not squeue_ids(name), 30, f"array job {job} to end after rmprocs")
+
+
+@pytest.mark.slurm
+def test_invalid_partition_fails_with_sbatchs_message(slurm):
+    with pytest.raises(LaunchError, match="invalid partition") as caught:
+        addprocs(manager(slurm, n=1, partition="no-such-partition"))
+    assert caught.value.added == []
+    assert "job_script()" in str(caught.value)
+
+
+@pytest.mark.slurm
+def test_job_pending_past_queue_timeout_is_cancelled_with_its_reason(slurm):
+    name, _tmp = slurm
+    with pytest.raises(LaunchError, match=r"stayed PENDING \(BeginTime\) for 3 s and was cancelled"):
+        addprocs(manager(slurm, n=1, sbatch_args=["--begin=now+1hour"], queue_timeout=3))
+    assert not squeue_ids(name)
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("options, addprocs_kw, shown", [
+    ({"prologue": ["echo prologue-ran", "exit 3"]}, {}, "prologue-ran"),
+    ({}, {"exename": "/nonexistent/python3"}, "/nonexistent/python3: not found"),
+])
+def test_workers_failing_at_start_show_the_tail_of_the_jobs_output(slurm, options, addprocs_kw, shown):
+    name, _tmp = slurm
+    with pytest.raises(LaunchError, match="before these workers joined") as caught:
+        addprocs(manager(slurm, n=1, **options), **addprocs_kw)
+    assert shown in str(caught.value)
+    assert not squeue_ids(name)
+
+
+@pytest.mark.slurm
+def test_workers_are_removed_walltime_margin_seconds_before_the_time_limit(slurm, caplog):
+    name, _tmp = slurm
+    caplog.set_level(logging.WARNING, logger="pydist")
+    # A 1-minute job whose margin is 55 s: its worker is removed about 5 s after it starts.
+    [pid] = addprocs(manager(slurm, n=1, time="1", walltime_margin=55))
+    wait_for(lambda: pid not in workers(), 30, f"worker {pid} to be removed at the walltime margin")
+    wait_for(lambda: not squeue_ids(name), 30, "the job to be cancelled after its worker left")
+    assert "reaches its time limit" in caplog.text
