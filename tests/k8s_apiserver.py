@@ -58,7 +58,6 @@ import re
 import select
 import shutil
 import socket
-import string
 import tempfile
 import threading
 import time
@@ -287,7 +286,7 @@ class Store:
         while True:
             with self._cond:
                 left = deadline - time.monotonic()
-                self._cond.wait_for(lambda: self._rv > cursor or self._closed,
+                self._cond.wait_for(lambda: self._rv > cursor or self._closed,  # noqa: B023 (called at once)
                                     timeout=max(0.0, min(left, WAKE_INTERVAL)))
                 if self._closed or time.monotonic() >= deadline:
                     return
@@ -349,6 +348,7 @@ class PodRuntime:
     restart_at: float | None = None     # monotonic time of the next restart, None when none is due
     backoff: float = 0.0
     seen_exit: str | None = None        # FinishedAt of the last exit already accounted for
+    terminated: tuple[str, dict] | None = None    # (FinishedAt, state.terminated) of the last exit
     last_state: dict = dataclasses.field(default_factory=dict)
     deleting: bool = False
 
@@ -411,7 +411,7 @@ class Kubelet:
             self._events.close()
         for t in self._threads:
             t.join(timeout=10)
-        self._deleter.shutdown(wait=True, cancel_futures=True)
+        self._deleter.shutdown(wait=False, cancel_futures=True)    # running deletions meet removed containers
         for c in self.client.containers.list(all=True, filters={"label": f"{LABEL_SERVER}={self.server_id}"}):
             try:
                 c.remove(force=True)
@@ -450,6 +450,7 @@ class Kubelet:
             if time.monotonic() >= wake:            # a resync or a restart is due, however busy the queue is
                 pods, _ = self.store.list("Pod", None)
                 keys += [(p["metadata"]["namespace"], p["metadata"]["name"]) for p in pods]
+                self._collect_orphans(pods)
                 next_resync = time.monotonic() + RESYNC_INTERVAL
             for ns, name in keys:
                 try:
@@ -514,8 +515,8 @@ class Kubelet:
             image = self.client.images.get(c["image"])
         except docker.errors.ImageNotFound:
             if c.get("imagePullPolicy") == "Never":
-                raise PodError("ErrImageNeverPull",
-                               f'Container image "{c["image"]}" is not present with pull policy of Never')
+                raise PodError("ErrImageNeverPull", f'Container image "{c["image"]}" is not present '
+                                                    "with pull policy of Never") from None
             raise PodError("ErrImagePull", f'failed to pull image "{c["image"]}": the test API server '
                                            "never pulls; build or tag the image locally") from None
         env = self._container_env(pod, c, rt.ip)
@@ -690,7 +691,8 @@ class Kubelet:
                 cstatus.update(restartCount=rt.restart_count, lastState=rt.last_state)
             if st["Running"]:
                 phase = "Running"
-                cstatus.update(ready=True, started=True, state={"running": {"startedAt": _docker_time(st["StartedAt"])}})
+                running = {"startedAt": _docker_time(st["StartedAt"])}
+                cstatus.update(ready=True, started=True, state={"running": running})
             elif st["Status"] == "created":
                 cstatus["state"] = {"waiting": {"reason": "ContainerCreating"}}
             elif rt.restart_at is not None:
@@ -700,7 +702,7 @@ class Kubelet:
                                                 f" pod={rt.name}_{rt.ns}({rt.uid})"}}
             else:
                 phase = "Succeeded" if st["ExitCode"] == 0 else "Failed"
-                cstatus["state"] = {"terminated": self._terminated(info, st)}
+                cstatus["state"] = {"terminated": self._terminated(rt, info)}
         ready = "True" if cstatus["ready"] else "False"
 
         def write(p):
@@ -719,15 +721,21 @@ class Kubelet:
         except ApiError:
             pass                                          # deleted meanwhile
 
-    def _terminated(self, info: dict, st: dict) -> dict:
+    def _terminated(self, rt: PodRuntime, info: dict) -> dict:
+        """containerStatuses[].state.terminated of the container's last exit (worked out once per exit)."""
+        st = info["State"]
+        if rt.terminated and rt.terminated[0] == st["FinishedAt"]:
+            return rt.terminated[1]
         code, message = st["ExitCode"], None
         reason = "OOMKilled" if st.get("OOMKilled") else "Completed" if code == 0 else "Error"
         if code == 127:         # with --init, a missing executable is tini's exit 127; the kubelet says StartError 128
             tail = self.api.logs(info["Id"], stdout=False, stderr=True, tail=2).decode(errors="replace")
             if "[FATAL tini" in tail and "exec " in tail:
                 code, reason, message = 128, "StartError", tail.strip()
-        return {"exitCode": code, "reason": reason, "message": message, "startedAt": _docker_time(st["StartedAt"]),
+        term = {"exitCode": code, "reason": reason, "message": message, "startedAt": _docker_time(st["StartedAt"]),
                 "finishedAt": _docker_time(st["FinishedAt"]), "containerID": "docker://" + info["Id"]}
+        rt.terminated = (st["FinishedAt"], term)
+        return term
 
     def _maybe_restart(self, pod: dict, rt: PodRuntime, info: dict) -> dict:
         """restartPolicy Always/OnFailure: restart at once after one quick failure, then with a doubling
@@ -737,7 +745,7 @@ class Kubelet:
             return st
         if rt.seen_exit != st["FinishedAt"]:                      # a new exit: account for it once
             rt.seen_exit = st["FinishedAt"]
-            rt.last_state = {"terminated": self._terminated(info, st)}
+            rt.last_state = {"terminated": self._terminated(rt, info)}
             started = datetime.fromisoformat(st["StartedAt"][:26].rstrip("Z"))
             finished = datetime.fromisoformat(st["FinishedAt"][:26].rstrip("Z"))
             quick = (finished - started).total_seconds() < QUICK_RUN
@@ -758,29 +766,43 @@ class Kubelet:
         self._deleter.submit(self._delete, pod, grace)
 
     def _delete(self, pod: dict, grace: int) -> None:
-        meta = pod["metadata"]
         with self._lock:
-            rt = self._runtimes.get(meta["uid"])
+            rt = self._runtimes.get(pod["metadata"]["uid"])
         if rt is not None:
-            with rt.lock:                            # waits for a start in progress
-                rt.deleting, rt.restart_at = True, None
-            if rt.container_id:
-                self._stop_container(pod, rt, grace)
-                with rt.lock:
-                    self._report(self.store.get("Pod", rt.ns, rt.name), rt)
-                try:
-                    self.api.remove_container(rt.container_id, force=True)
-                except docker.errors.NotFound:
-                    pass
-            if rt.volume_dir:
-                shutil.rmtree(rt.volume_dir, ignore_errors=True)
-            with self._lock:
-                self._runtimes.pop(rt.uid, None)
-                self._free_ips.append(rt.ip)
+            self._teardown(rt, grace, pod)
         try:
-            self.store.delete("Pod", meta["namespace"], meta["name"])
+            self.store.delete("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"])
         except ApiError:
             pass
+
+    def _teardown(self, rt: PodRuntime, grace: int, pod: dict | None) -> None:
+        """Stop (with the pod's preStop hook, if there is a pod) and remove the container; free IP and files."""
+        with rt.lock:                                # waits for a start in progress
+            if rt.deleting:
+                return
+            rt.deleting, rt.restart_at = True, None
+        if rt.container_id:
+            if pod is not None:
+                self._stop_container(pod, rt, grace)
+                with rt.lock:
+                    self._report(pod, rt)            # the final state, seen before DELETED as on a real server
+            try:
+                self.api.remove_container(rt.container_id, force=True)
+            except docker.errors.NotFound:
+                pass
+        if rt.volume_dir:
+            shutil.rmtree(rt.volume_dir, ignore_errors=True)
+        with self._lock:
+            self._runtimes.pop(rt.uid, None)
+            self._free_ips.append(rt.ip)
+
+    def _collect_orphans(self, pods: list[dict]) -> None:
+        """Remove containers whose pod is gone: a pod deleted while the kubelet was starting it."""
+        live = {p["metadata"]["uid"] for p in pods}
+        with self._lock:
+            orphans = [rt for rt in self._runtimes.values() if rt.uid not in live and not rt.deleting]
+        for rt in orphans:
+            self._deleter.submit(self._teardown, rt, 0, None)
 
     def _stop_container(self, pod: dict, rt: PodRuntime, grace: int) -> None:
         """preStop hook (exec or sleep) within the grace period, then SIGTERM and SIGKILL at its end."""
@@ -927,7 +949,8 @@ class Handler(BaseHTTPRequestHandler):
                    ("secrets", "Secret", True, "create delete deletecollection get list update watch"),
                    ("namespaces", "Namespace", False, "create get list"), ("nodes", "Node", False, "get list")]
             return self._json(200, {"kind": "APIResourceList", "groupVersion": "v1", "resources": [
-                {"name": n, "singularName": "", "namespaced": ns, "kind": k, "verbs": v.split()} for n, k, ns, v in res]})
+                {"name": n, "singularName": "", "namespaced": ns, "kind": k, "verbs": v.split()}
+                for n, k, ns, v in res]})
         return self._bytes(200, b"ok", "text/plain")
 
     def _nodes(self, method, name=None):
@@ -1014,7 +1037,8 @@ class Handler(BaseHTTPRequestHandler):
     def _log(self, pod: dict):
         q = self.query
         if q.get("container") not in (None, pod["spec"]["containers"][0]["name"]):
-            raise ApiError(400, "BadRequest", f'container {q["container"]} is not valid for pod {pod["metadata"]["name"]}')
+            raise ApiError(400, "BadRequest",
+                           f'container {q["container"]} is not valid for pod {pod["metadata"]["name"]}')
         follow = q.get("follow") in ("true", "1")
         kwargs = {"timestamps": q.get("timestamps") in ("true", "1"),
                   "tail": int(q["tailLines"]) if "tailLines" in q else "all"}
@@ -1154,7 +1178,8 @@ class KubeTestServer:
                                            "exactly one container per pod (no init containers)")
         for c in containers:
             if not c.get("name") or not c.get("image"):
-                raise ApiError(422, "Invalid", f'Pod "{name}" is invalid: spec.containers[0]: name and image are required')
+                raise ApiError(422, "Invalid",
+                               f'Pod "{name}" is invalid: spec.containers[0]: name and image are required')
             tag = c["image"].rsplit("/", 1)[-1]
             c.setdefault("imagePullPolicy", "Always" if ":" not in tag or tag.endswith(":latest") else "IfNotPresent")
             c.setdefault("terminationMessagePath", "/dev/termination-log")
@@ -1241,23 +1266,6 @@ def wait_for_pod(core, ns: str, name: str, predicate, timeout: float = 30.0, wha
                 w.stop()
                 break
     return pod
-
-
-def local_image_or_skip(*names: str) -> str:
-    """The first of ``names`` present in the local Docker engine; else skip the test (fail under CI=true)."""
-    import pytest
-    client = docker.from_env()
-    for name in names:
-        try:
-            client.images.get(name)
-            return name
-        except docker.errors.ImageNotFound:
-            continue
-    why = (f"none of the images {', '.join(names)} exists locally: build them with .ci/images.sh "
-           "(no image can be pulled on this machine)")
-    if os.environ.get("CI") == "true":
-        pytest.fail(why)
-    pytest.skip(why)
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ import re
 import socket
 from pathlib import Path
 
+import infra                                  # tests/ is on sys.path (no tests/__init__.py)
 import pytest
 import yaml
 
@@ -17,6 +18,7 @@ helm = pytest.importorskip("helm_python", reason="helm-python-sdk is not install
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
 
 CHART = Path(__file__).resolve().parents[1] / "helm" / "pydist"
+WORKER_IMAGE = infra.WORKER_IMAGE            # pydist-worker:latest, built by .ci/images.sh
 RELEASE, NAMESPACE = "pool", "pools"
 EXTERNAL = {"head": {"address": "10.0.0.5"}}
 VARIANTS = {
@@ -29,13 +31,18 @@ VARIANTS = {
         "head": {"enabled": True, "command": ["python", "-m", "app"], "args": ["--n", "3"], "port": 7000,
                  "resources": {"limits": {"cpu": "2"}}},
         "image": {"repository": "registry.example/pydist-worker", "tag": "1.2", "pullPolicy": "Always"},
-        "imagePullSecrets": [{"name": "regcred"}], "replicas": 5, "joinTimeout": 60, "extraArgs": ["--bind-to", "0.0.0.0"],
+        "imagePullSecrets": [{"name": "regcred"}], "replicas": 5, "joinTimeout": 60,
+        "extraArgs": ["--bind-to", "0.0.0.0"],
         "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
-        "env": {"OMP_NUM_THREADS": 1}, "extraEnv": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "t", "key": "k"}}}],
-        "nodeSelector": {"pool": "cpu"}, "tolerations": [{"key": "batch", "operator": "Exists", "effect": "NoSchedule"}],
-        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1, "podAffinityTerm": {
-            "topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"pydist.role": "worker"}}}}]}},
-        "extraVolumes": [{"name": "data", "emptyDir": {}}], "extraVolumeMounts": [{"name": "data", "mountPath": "/data"}],
+        "env": {"OMP_NUM_THREADS": 1},
+        "extraEnv": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "t", "key": "k"}}}],
+        "nodeSelector": {"pool": "cpu"},
+        "tolerations": [{"key": "batch", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+            "weight": 1, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+                                             "labelSelector": {"matchLabels": {"pydist.role": "worker"}}}}]}},
+        "extraVolumes": [{"name": "data", "emptyDir": {}}],
+        "extraVolumeMounts": [{"name": "data", "mountPath": "/data"}],
         "podAnnotations": {"prometheus.io/scrape": "false"}, "podLabels": {"team": "ml"},
         "terminationGracePeriodSeconds": 60, "preStopSleepSeconds": 0,
         "serviceAccount": {"create": True, "name": "driver", "annotations": {"a": "b"}},
@@ -130,7 +137,8 @@ def test_head_service_is_headless_and_selects_the_head_pod():
     [container] = head["containers"]
     assert container["command"] == ["python", "/app/driver.py"]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["PYDIST_HEAD_PORT"] == "9090" and env["PYDIST_COOKIE_FILE"] == "/var/run/pydist/cookie" and env["N"] == "4"
+    assert env["PYDIST_HEAD_PORT"] == "9090" and env["N"] == "4"
+    assert env["PYDIST_COOKIE_FILE"] == "/var/run/pydist/cookie"
     assert head["serviceAccountName"] == f"{RELEASE}-pydist" and "automountServiceAccountToken" not in head
 
 
@@ -141,7 +149,8 @@ def test_cookie_appears_in_the_secret_only(variant):
     if variant == "existing-secret":
         assert secrets == []
         volume = next(v for v in pod_spec(docs, "worker")["volumes"] if v["name"] == "pydist-cookie")
-        assert volume["secret"]["secretName"] == "my-cookie" and volume["secret"]["items"] == [{"key": "token", "path": "cookie"}]
+        assert volume["secret"]["secretName"] == "my-cookie"
+        assert volume["secret"]["items"] == [{"key": "token", "path": "cookie"}]
         return
     [secret] = secrets
     cookie = base64.b64decode(secret["data"]["cookie"]).decode()
@@ -166,7 +175,8 @@ def test_hpa_takes_over_the_replica_count():
     docs, _, _ = render(VARIANTS["hpa"])
     assert "replicas" not in find(docs, "Deployment", "-worker")["spec"]
     hpa = find(docs, "HorizontalPodAutoscaler")
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": f"{RELEASE}-pydist-worker"}
+    target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": f"{RELEASE}-pydist-worker"}
+    assert hpa["spec"]["scaleTargetRef"] == target
     metrics = {m["resource"]["name"]: m["resource"]["target"]["averageUtilization"] for m in hpa["spec"]["metrics"]}
     assert metrics == {"cpu": 80, "memory": 70}
     assert find(render(EXTERNAL)[0], "Deployment", "-worker")["spec"]["replicas"] == 2
@@ -232,7 +242,7 @@ def test_values_yaml_documents_exactly_the_schema():
 
 @pytest.fixture
 def k8s_server():
-    from k8s_apiserver import KubeTestServer                    # tests/ is on sys.path
+    from k8s_apiserver import KubeTestServer
     with KubeTestServer() as server:
         yield server
 
@@ -240,22 +250,26 @@ def k8s_server():
 @pytest.mark.kubernetes
 def test_rendered_worker_pod_starts_the_worker_with_the_cookie_mounted(k8s_server, tmp_path):
     import docker
+    from k8s_apiserver import wait_for_pod
     from kubernetes import client, config
-    from k8s_apiserver import local_image_or_skip, wait_for_pod
 
-    local_image_or_skip("pydist-worker:latest")
-    core = client.CoreV1Api(config.new_client_from_config(config_file=k8s_server.write_kubeconfig(str(tmp_path / "kc"))))
+    infra.require(infra.image_exists(WORKER_IMAGE), f"the worker image {WORKER_IMAGE}")
+    kubeconfig = k8s_server.write_kubeconfig(str(tmp_path / "kubeconfig"))
+    core = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))
     head = socket.create_server((k8s_server.gateway, 0))        # stands in for the head: accepts the worker's dial
     head.settimeout(60)
     join = f"{k8s_server.gateway}:{head.getsockname()[1]}"
-    docs, _, _ = render({"head": {"address": k8s_server.gateway, "port": head.getsockname()[1]}})
+    repository, tag = WORKER_IMAGE.rsplit(":", 1)
+    docs, _, _ = render({"head": {"address": k8s_server.gateway, "port": head.getsockname()[1]},
+                         "image": {"repository": repository, "tag": tag, "pullPolicy": "IfNotPresent"}})
     secret = find(docs, "Secret")
     cookie = base64.b64decode(secret["data"]["cookie"]).decode()
     core.create_namespaced_secret(NAMESPACE, {"metadata": {"name": secret["metadata"]["name"]}, "data": secret["data"]})
     template = find(docs, "Deployment", "-worker")["spec"]["template"]
 
     # 1. The pod as rendered: the worker runs as uid 1000 and dials the head from its pod IP.
-    core.create_namespaced_pod(NAMESPACE, {"metadata": {"name": "worker-0", **template["metadata"]}, "spec": template["spec"]})
+    pod = {"metadata": {"name": "worker-0", **template["metadata"]}, "spec": template["spec"]}
+    core.create_namespaced_pod(NAMESPACE, pod)
     with head:
         try:
             conn, (peer, _) = head.accept()
@@ -280,10 +294,12 @@ def test_rendered_worker_pod_starts_the_worker_with_the_cookie_mounted(k8s_serve
     # 2. The same pod spec reading its cookie file: the Secret's content, readable by the non-root user.
     spec = json.loads(json.dumps(template["spec"]))
     spec["restartPolicy"] = "Never"
-    spec["containers"][0].update(command=["sh", "-c", "id -u; stat -c '%a %g' /var/run/pydist/cookie; cat /var/run/pydist/cookie"])
+    script = "id -u; stat -c '%a %g' /var/run/pydist/cookie; cat /var/run/pydist/cookie"
+    spec["containers"][0].update(command=["sh", "-c", script])
     del spec["containers"][0]["args"]
     core.create_namespaced_pod(NAMESPACE, {"metadata": {"name": "cookie-reader", **template["metadata"]}, "spec": spec})
-    pod = wait_for_pod(core, NAMESPACE, "cookie-reader", lambda p: p.status.phase in ("Succeeded", "Failed"), 60, "the end")
+    pod = wait_for_pod(core, NAMESPACE, "cookie-reader", lambda p: p.status.phase in ("Succeeded", "Failed"),
+                       60, "Succeeded or Failed")
     uid, mode, value = core.read_namespaced_pod_log("cookie-reader", NAMESPACE).splitlines()
     assert pod.status.phase == "Succeeded"
     assert (uid, mode, value) == ("1000", "440 1000", cookie)

@@ -18,7 +18,8 @@ import pytest
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from k8s_apiserver import KubeTestServer, local_image_or_skip, wait_for_pod   # tests/ is on sys.path
+import infra                                  # tests/ is on sys.path (no tests/__init__.py)
+from k8s_apiserver import KubeTestServer, wait_for_pod
 
 pytestmark = pytest.mark.kubernetes
 
@@ -58,7 +59,8 @@ def pod_image():
 
     One commit of an unstarted container (not a Dockerfile build: one layer instead of three, 3x faster here)."""
     global IMAGE
-    base = local_image_or_skip("pydist-base:bookworm", "pydist-worker:latest")
+    base = next((i for i in (infra.BASE_IMAGE, infra.WORKER_IMAGE) if infra.image_exists(i)), None)
+    infra.require(base is not None, f"a base image ({infra.BASE_IMAGE} or {infra.WORKER_IMAGE})")
     engine = docker.from_env()
     repo, tag = "pydist-k8s-apiserver-test", uuid.uuid4().hex[:8]
     scratch = engine.api.create_container(base, labels={"pydist.test": "k8s-apiserver-image"})["Id"]
@@ -186,7 +188,8 @@ def labelled(core, ns):
 @pytest.mark.parametrize("selector, names", [
     ("app=x", {"a", "c"}), ("app==x", {"a", "c"}), ("app!=x", {"b"}),
     ("tier in (web,db)", {"a", "b"}), ("tier notin (web)", {"b", "c"}),
-    ("tier", {"a", "b"}), ("!tier", {"c"}), ("app=x,tier", {"a"}), ("app in (x, y),!tier", {"c"}), ("", {"a", "b", "c"}),
+    ("tier", {"a", "b"}), ("!tier", {"c"}), ("app=x,tier", {"a"}), ("app in (x, y),!tier", {"c"}),
+    ("", {"a", "b", "c"}),
 ])
 def test_list_filters_by_label_selector(core, labelled, selector, names):
     pods = core.list_namespaced_pod(labelled, label_selector=selector).items
@@ -199,7 +202,8 @@ def test_list_filters_by_field_selector(core, labelled):
     assert [p.metadata.name for p in by_name] == ["b"]
     not_a = core.list_namespaced_pod(labelled, field_selector="metadata.name!=a,metadata.namespace=" + labelled)
     assert {p.metadata.name for p in not_a.items} == {"b", "c"}
-    running_names = {p.metadata.name for p in core.list_namespaced_pod(labelled, field_selector="status.phase=Running").items}
+    running_now = core.list_namespaced_pod(labelled, field_selector="status.phase=Running").items
+    running_names = {p.metadata.name for p in running_now}
     assert "a" in running_names
     everywhere = core.list_pod_for_all_namespaces(label_selector="tier=db").items
     assert [(p.metadata.namespace, p.metadata.name) for p in everywhere] == [(labelled, "b")]
@@ -242,7 +246,8 @@ def test_watch_ends_after_timeout_seconds(core, ns):
 
 
 def test_pod_log_supports_tail_lines_and_follow(core, ns):
-    core.create_namespaced_pod(ns, pod_body("talk", ["sh", "-c", "for i in 1 2 3 4 5; do echo line$i; sleep 0.2; done"]))
+    script = "for i in 1 2 3 4 5; do echo line$i; sleep 0.2; done"
+    core.create_namespaced_pod(ns, pod_body("talk", ["sh", "-c", script]))
     wait_for_pod(core, ns, "talk", lambda p: p is not None and p.status.phase != "Pending", POD_TIMEOUT, "a start")
     followed = list(watch.Watch().stream(core.read_namespaced_pod_log, "talk", ns, follow=True))
     assert followed == [f"line{i}" for i in range(1, 6)]
@@ -274,7 +279,8 @@ def test_delete_marks_the_pod_stops_the_container_then_404(core, ns):
 
 def test_prestop_exec_hook_runs_before_the_stop(core, ns, k8s):
     """The hook writes a file; the container must still be running when it does."""
-    body = pod_body("hooked", ["sleep", "300"], lifecycle={"preStop": {"exec": {"command": ["sh", "-c", "echo bye > /proc/1/fd/1"]}}})
+    hook = {"exec": {"command": ["sh", "-c", "echo bye > /proc/1/fd/1"]}}     # PID 1 (tini)'s stdout is the log
+    body = pod_body("hooked", ["sleep", "300"], lifecycle={"preStop": hook})
     core.create_namespaced_pod(ns, body)
     pod = wait_for_pod(core, ns, "hooked", running, POD_TIMEOUT, "Running")
     container = docker.from_env().containers.get(pod.status.container_statuses[0].container_id[len("docker://"):])
@@ -337,12 +343,14 @@ def test_secrets_create_get_list_replace_delete(core, ns):
 def test_secret_volume_files_have_the_content_and_modes_asked_for(core, ns):
     core.create_namespaced_secret(ns, {"metadata": {"name": "cookie"}, "stringData": {"cookie": "c00kie", "other": "o"},
                                        "data": {"bin": base64.b64encode(b"\x00\x01").decode()}})
-    body = pod_body("vol", ["sh", "-c", "cd /var/run/pydist && for f in cookie bin sub/o; do stat -c '%n %a %g' $f; done;"
-                                        " cat cookie; echo; od -An -tx1 bin; touch x 2>/dev/null || echo read-only"],
+    script = ("cd /var/run/pydist && for f in cookie bin sub/o; do stat -c '%n %a %g' $f; done;"
+              " cat cookie; echo; od -An -tx1 bin; touch x 2>/dev/null || echo read-only")
+    body = pod_body("vol", ["sh", "-c", script],
                     volumeMounts=[{"name": "c", "mountPath": "/var/run/pydist"}])
     body["spec"]["securityContext"] = {"fsGroup": 4242}
-    body["spec"]["volumes"] = [{"name": "c", "secret": {"secretName": "cookie", "defaultMode": 0o400, "items": [
-        {"key": "cookie", "path": "cookie"}, {"key": "bin", "path": "bin"}, {"key": "other", "path": "sub/o", "mode": 0o600}]}}]
+    items = [{"key": "cookie", "path": "cookie"}, {"key": "bin", "path": "bin"},
+             {"key": "other", "path": "sub/o", "mode": 0o600}]
+    body["spec"]["volumes"] = [{"name": "c", "secret": {"secretName": "cookie", "defaultMode": 0o400, "items": items}}]
     pod, log = run_to_end(core, ns, body)
     assert pod.status.phase == "Succeeded", log
     lines = log.splitlines()
@@ -469,7 +477,8 @@ def test_stop_removes_containers_network_and_secret_files(pod_image, tmp_path):
     engine = docker.from_env()
     server = KubeTestServer().start()
     try:
-        core = client.CoreV1Api(config.new_client_from_config(config_file=server.write_kubeconfig(str(tmp_path / "kc"))))
+        kubeconfig = server.write_kubeconfig(str(tmp_path / "kubeconfig"))
+        core = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))
         core.create_namespaced_secret("default", {"metadata": {"name": "s"}, "stringData": {"k": "v"}})
         body = pod_body("left", ["sleep", "300"], volumeMounts=[{"name": "s", "mountPath": "/s"}])
         body["spec"]["volumes"] = [{"name": "s", "secret": {"secretName": "s"}}]
