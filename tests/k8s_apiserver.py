@@ -15,11 +15,11 @@ Served endpoints (JSON only; anything else answers a 404/405 Status):
     GET, POST          /api/v1/namespaces,  GET /api/v1/namespaces/{ns}
     GET                /api/v1/pods  /api/v1/secrets          all namespaces; list or ?watch=true
     GET, POST, DELETE  /api/v1/namespaces/{ns}/pods           list|watch, create, deletecollection
-    GET, DELETE        /api/v1/namespaces/{ns}/pods/{name}    (and GET .../status)
+    GET, PATCH, DELETE /api/v1/namespaces/{ns}/pods/{name}    metadata only; and GET .../status
     GET                /api/v1/namespaces/{ns}/pods/{name}/log   follow, tailLines, timestamps,
                                                                  sinceSeconds, limitBytes
     GET, POST, DELETE  /api/v1/namespaces/{ns}/secrets        list|watch, create, deletecollection
-    GET, PUT, DELETE   /api/v1/namespaces/{ns}/secrets/{name}
+    GET, PUT, PATCH, DELETE  /api/v1/namespaces/{ns}/secrets/{name}
 
 List and watch take ``labelSelector`` (=, ==, !=, in, notin, key, !key) and
 ``fieldSelector`` (=, ==, != on metadata.name, metadata.namespace,
@@ -37,7 +37,9 @@ Threads (all daemons, all owned and stopped by ``KubeTestServer``):
 Limits, plainly: one container per pod (no init or sidecar containers), no
 scheduler beyond nodeSelector against the one node, no Services/DNS names
 other than pod names on the Docker network, volumes only ``secret`` and
-``emptyDir``, no probes, no PATCH/apply, no exec/attach/port-forward, no
+``emptyDir`` (secret files are written when the container is created, never
+refreshed), no probes, no server-side apply, pods' specs cannot be patched,
+no strategic list merging, no exec/attach/port-forward, no
 auth/RBAC/admission, namespaces are created on first use, images are never
 pulled (a missing image never appears unless built locally), ``limit`` and
 ``continue`` on lists are ignored, watch bookmarks are never sent.
@@ -86,6 +88,12 @@ KINDS = {"pods": "Pod", "secrets": "Secret", "namespaces": "Namespace"}
 
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _epoch(text: str) -> float:
+    """A UTC RFC 3339 time (Docker's, with nanoseconds, or Kubernetes') as seconds since the epoch."""
+    whole, _, fraction = text.rstrip("Z").partition(".")
+    return datetime.fromisoformat(whole).replace(tzinfo=timezone.utc).timestamp() + float("0." + (fraction or "0")[:6])
 
 
 def _docker_time(text: str) -> str | None:
@@ -321,6 +329,49 @@ def expand_vars(text: str, env: dict[str, str]) -> str:
     """Kubernetes' $(VAR) expansion in command, args and env values: $$ escapes, unknown names stay as written."""
     return re.sub(r"\$\$|\$\(([A-Za-z_][\w.-]*)\)",
                   lambda m: "$" if m[0] == "$$" else env.get(m[1], m[0]), text)
+
+
+def merge_patch(target, patch):
+    """RFC 7386 JSON merge patch (also used for strategic merge patches: no list merging here)."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
+
+def json_patch(doc: dict, ops: list) -> dict:
+    """RFC 6902 JSON patch (add, replace, remove, test); ApiError 422 when a path does not apply."""
+    for op in ops:
+        path = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+        try:
+            node = doc
+            for part in path[:-1]:
+                node = node[int(part)] if isinstance(node, list) else node[part]
+            last = path[-1]
+            if isinstance(node, list):
+                last = len(node) if last == "-" else int(last)
+            exists = (0 <= last < len(node)) if isinstance(node, list) else last in node
+            if op["op"] == "test":
+                if not exists or node[last] != op["value"]:
+                    raise ApiError(422, "Invalid", f"the test operation failed at {op['path']}")
+            elif op["op"] == "remove" and exists:
+                del node[last]
+            elif op["op"] == "replace" and exists:
+                node[last] = op["value"]
+            elif op["op"] == "add" and isinstance(node, list):
+                node.insert(last, op["value"])
+            elif op["op"] == "add":
+                node[last] = op["value"]
+            else:
+                raise KeyError(last)
+        except (KeyError, IndexError, ValueError, TypeError):
+            raise ApiError(422, "Invalid", f"the {op['op']} operation does not apply to {op['path']}") from None
+    return doc
 
 
 class PodError(Exception):
@@ -746,9 +797,7 @@ class Kubelet:
         if rt.seen_exit != st["FinishedAt"]:                      # a new exit: account for it once
             rt.seen_exit = st["FinishedAt"]
             rt.last_state = {"terminated": self._terminated(rt, info)}
-            started = datetime.fromisoformat(st["StartedAt"][:26].rstrip("Z"))
-            finished = datetime.fromisoformat(st["FinishedAt"][:26].rstrip("Z"))
-            quick = (finished - started).total_seconds() < QUICK_RUN
+            quick = _epoch(st["FinishedAt"]) - _epoch(st["StartedAt"]) < QUICK_RUN
             rt.quick_failures = rt.quick_failures + 1 if quick else 0
             base, cap = self.crash_backoff
             rt.backoff = 0.0 if rt.quick_failures < 2 else min(base * 2 ** (rt.quick_failures - 2), cap)
@@ -828,19 +877,31 @@ class Kubelet:
         except docker.errors.NotFound:
             pass
 
-    def logs(self, pod: dict, follow: bool, **kwargs):
-        """The container's output: bytes, or an iterator of chunks when following (ends when it exits)."""
+    def logs(self, pod: dict, follow: bool, previous: bool, **kwargs):
+        """The container's output: bytes, or an iterator of chunks when following (ends when it exits).
+
+        Docker keeps one log across restarts; as on a real kubelet, only the current run is shown, or
+        with ``previous`` the run before it."""
         with self._lock:
             rt = self._runtimes.get(pod["metadata"]["uid"])
-        c = pod["spec"]["containers"][0]
+        c, name = pod["spec"]["containers"][0], pod["metadata"]["name"]
         if rt is None or rt.container_id is None:
             waiting = ((pod["status"].get("containerStatuses") or [{}])[0].get("state") or {}).get("waiting") or {}
-            raise ApiError(400, "BadRequest", f'container "{c["name"]}" in pod "{pod["metadata"]["name"]}" '
-                                              f'is waiting to start: {waiting.get("reason", "ContainerCreating")}')
+            raise ApiError(400, "BadRequest", f'container "{c["name"]}" in pod "{name}" is waiting to start: '
+                                              f'{waiting.get("reason", "ContainerCreating")}')
         try:
+            if rt.restart_count or previous:
+                started = _epoch(self.api.inspect_container(rt.container_id)["State"]["StartedAt"])
+                if previous and not rt.restart_count:
+                    raise ApiError(400, "BadRequest", f'previous terminated container "{c["name"]}" in pod '
+                                                      f'"{name}" not found')
+                if previous:
+                    kwargs.update(until=started, since=_epoch(rt.last_state["terminated"]["startedAt"]))
+                else:
+                    kwargs["since"] = max(kwargs.get("since", 0), started)
             return self.api.logs(rt.container_id, stdout=True, stderr=True, stream=follow, follow=follow, **kwargs)
         except docker.errors.NotFound:
-            raise not_found("Pod", pod["metadata"]["name"]) from None
+            raise not_found("Pod", name) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -999,6 +1060,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(200, owner.delete(kind, ns, name, self._grace()))
         if method == "PUT" and kind == "Secret" and sub is None:
             return self._json(200, owner.replace_secret(ns, name, self.body))
+        if method == "PATCH" and sub is None:
+            return self._json(200, owner.patch(kind, ns, name, self.body, self.headers.get("Content-Type", "")))
         raise ApiError(405, "MethodNotAllowed", f"{method} {self.path} is not supported by the test API server")
 
     def _grace(self) -> int | None:
@@ -1044,7 +1107,7 @@ class Handler(BaseHTTPRequestHandler):
                   "tail": int(q["tailLines"]) if "tailLines" in q else "all"}
         if "sinceSeconds" in q:
             kwargs["since"] = int(time.time()) - int(q["sinceSeconds"])
-        out = self.server.owner.kubelet.logs(pod, follow, **kwargs)
+        out = self.server.owner.kubelet.logs(pod, follow, q.get("previous") in ("true", "1"), **kwargs)
         limit = int(q["limitBytes"]) if "limitBytes" in q else None
         if not follow:
             return self._bytes(200, out[:limit] if limit else out, "text/plain")
@@ -1068,6 +1131,7 @@ class KubeTestServer:
     def __init__(self, host: str = "127.0.0.1", docker_client: docker.DockerClient | None = None,
                  crash_backoff: tuple[float, float] = (1.0, 10.0)):
         self.server_id = uuid.uuid4().hex[:10]
+        self.started_at = _now()
         self.host = host
         self.docker = docker_client or docker.from_env()
         self.store = Store()
@@ -1136,7 +1200,8 @@ class KubeTestServer:
 
     def node(self) -> dict:
         return {"kind": "Node", "apiVersion": "v1",
-                "metadata": {"name": NODE_NAME, "labels": NODE_LABELS, "uid": self.server_id},
+                "metadata": {"name": NODE_NAME, "labels": NODE_LABELS, "uid": self.server_id,
+                             "creationTimestamp": self.started_at},
                 "spec": {}, "status": {
                     "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
                     "addresses": [{"type": "InternalIP", "address": self.gateway},
@@ -1222,6 +1287,31 @@ class KubeTestServer:
             for field in ("labels", "annotations"):
                 old["metadata"][field] = (body.get("metadata") or {}).get(field)
         return self.store.update("Secret", ns, name, replace)
+
+    def patch(self, kind: str, ns: str, name: str, body, content_type: str) -> dict:
+        """JSON patch (a list of operations), merge or strategic merge patch (a dict; no list merging).
+
+        Pods accept changes to metadata (labels, annotations, ...) only; identity fields never change."""
+        kind_of_patch = content_type.split(";")[0].strip()
+        if kind_of_patch == "application/json-patch+json" and not isinstance(body, list):
+            raise ApiError(400, "BadRequest", "json patch: the body must be a list of operations "
+                                              "(for a dict, send Content-Type application/merge-patch+json)")
+        if kind_of_patch not in ("application/json-patch+json", "application/merge-patch+json",
+                                 "application/strategic-merge-patch+json"):
+            raise ApiError(415, "UnsupportedMediaType", f"the test API server does not apply {content_type!r}")
+
+        def change(obj):
+            new = json_patch(copy.deepcopy(obj), body) if isinstance(body, list) else merge_patch(obj, body)
+            if kind == "Pod" and (new.get("spec") != obj["spec"] or new.get("status") != obj["status"]):
+                raise ApiError(422, "Invalid", f'Pod "{name}" is invalid: spec: Forbidden: only metadata of a pod '
+                                               "can be patched on the test API server")
+            for field in ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp"):
+                new.setdefault("metadata", {}).pop(field, None)
+                if field in obj["metadata"]:
+                    new["metadata"][field] = obj["metadata"][field]
+            obj.clear()
+            obj.update(new)
+        return self.store.update(kind, ns, name, change)
 
     def delete(self, kind: str, ns: str, name: str, grace: int | None) -> dict:
         """Secrets go at once; a pod gets deletionTimestamp (MODIFIED), is stopped within its grace

@@ -436,10 +436,26 @@ def test_restart_policy_always_restarts_and_reports_crash_loop_back_off(core, ns
 
 
 def test_restart_policy_on_failure_restarts_until_success(core, ns):
-    script = "test -e /tmp/once && exit 0; touch /tmp/once; exit 1"     # the container's filesystem survives a restart
-    pod, _ = run_to_end(core, ns, pod_body("twice", ["sh", "-c", script], restart="OnFailure"))
+    # the container's filesystem survives a restart: the second run finds /tmp/once and succeeds
+    script = "test -e /tmp/once && { echo run-2; exit 0; }; touch /tmp/once; echo run-1; exit 1"
+    pod, log = run_to_end(core, ns, pod_body("twice", ["sh", "-c", script], restart="OnFailure"))
     status = pod.status.container_statuses[0]
     assert (pod.status.phase, status.restart_count, status.last_state.terminated.exit_code) == ("Succeeded", 1, 1)
+    assert log == "run-2\n"                                     # the current run only, as on a real kubelet
+    assert core.read_namespaced_pod_log("twice", ns, previous=True) == "run-1\n"
+
+
+def test_patch_changes_pod_metadata_but_not_its_spec(core, ns):
+    core.create_namespaced_pod(ns, pod_body("tagged", ["sleep", "300"], labels={"a": "1"}))
+    merge = {"metadata": {"labels": {"a": None, "b": "2"}, "annotations": {"note": "x"}}}
+    core.patch_namespaced_pod("tagged", ns, merge, _content_type="application/merge-patch+json")
+    core.patch_namespaced_pod("tagged", ns, [{"op": "add", "path": "/metadata/labels/c", "value": "3"}])
+    core.patch_namespaced_pod("tagged", ns, {"metadata": {"labels": {"d": "4"}}})    # the client: strategic merge
+    pod = core.read_namespaced_pod("tagged", ns)
+    assert pod.metadata.labels == {"b": "2", "c": "3", "d": "4"} and pod.metadata.annotations == {"note": "x"}
+    with pytest.raises(ApiException) as err:
+        core.patch_namespaced_pod("tagged", ns, [{"op": "replace", "path": "/spec/restartPolicy", "value": "Always"}])
+    assert err.value.status == 422
 
 
 def test_pod_reaches_the_host_at_its_host_ip(core, k8s, ns):
