@@ -13,6 +13,7 @@ internal calls), and wakes a `time.sleep` in them (worker.py makes sleep interru
 from __future__ import annotations
 
 import ctypes
+import logging
 import itertools
 import os
 import sys
@@ -24,6 +25,8 @@ from .messages import Kind, Mode
 from .process import STATE, internal, myid, result, send_call, workers
 from .refs import RRID, Future, _Failed, _lookup, fetch, store_outcome
 from .serialize import dumps, loads
+
+log = logging.getLogger("pydist")
 
 # -- interrupting running calls ------------------------------------------------------------
 _running_lock = threading.Lock()     # guards _running and _interrupted
@@ -84,10 +87,15 @@ def _run_user(func: Callable, args, kwargs):
 
 
 # -- the callee side -------------------------------------------------------------------------
-def _on_call(link, mode, rrid, msg_id, body, buffers) -> None:
+def _on_call(link, mode, rrid, msg_id, body, buffers) -> bool:
     if mode == Mode.FUTURE or mode == Mode.WAIT:
         _lookup(RRID(*rrid))            # counted now, before a later DEL_CLIENTS on this link
-    STATE.runner.submit(_serve_call, link, mode, rrid, msg_id, body, buffers)
+    link.read_elsewhere()               # the next frame is read by another thread ...
+    try:
+        _serve_call(link, mode, rrid, msg_id, body, buffers)   # ... while the call runs here
+    except BaseException:
+        log.exception("pydist: serving a call failed")
+    return True
 
 
 def _serve_call(link, mode, rrid, msg_id, body, buffers) -> None:

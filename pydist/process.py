@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 
-from . import settings
+from . import settings, transport
 from .errors import CapturedException, ProcessExitedException, RemoteException
 from .messages import NO_RRID, Kind, Mode
 from .serialize import dumps, loads
@@ -123,6 +123,7 @@ class _State:
 
 
 STATE = _State()
+transport.run_elsewhere = STATE.runner.submit
 
 
 def internal(func):
@@ -364,11 +365,12 @@ def listen(host: str, port: int = 0, advertise: str | None = None) -> tuple[str,
     return STATE.address
 
 
-def on_frame(link: Link, kind: Kind, mode, rrid, msg_id, body, buffers) -> None:
+def on_frame(link: Link, kind: Kind, mode, rrid, msg_id, body, buffers) -> bool:
+    """Dispatch one frame; True when the handler took over this thread (Link.read_elsewhere)."""
     handler = STATE.handlers.get(kind)
     if handler is None:
         raise ProtocolError(f"unexpected {kind.name} frame")
-    handler(link, mode, rrid, msg_id, body, buffers)
+    return handler(link, mode, rrid, msg_id, body, buffers)
 
 
 def on_close(link: Link, reason: str) -> None:

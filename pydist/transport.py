@@ -168,11 +168,24 @@ class Reply:
         return False
 
 
+def _new_thread(fn) -> None:
+    threading.Thread(target=fn, daemon=True).start()
+
+
+# How a reader hands its role to another thread; process.py plugs in its thread runner.
+run_elsewhere = _new_thread
+
+
 class Link:
     """One authenticated connection to one peer process, serving both directions.
 
     `on_frame(link, kind, mode, rrid, msg_id, body, buffers)` gets every frame that is not
-    a reply; `on_close(link, reason)` runs once when the link is gone."""
+    a reply; `on_close(link, reason)` runs once when the link is gone.
+
+    Leader/follower reading: a frame handler that wants to do long work on the reading
+    thread (an incoming call) first calls `read_elsewhere()`, which hands the reading role
+    to another thread, then returns True.  The call then runs where its frame was read, so
+    a round trip costs one thread wake-up on the callee instead of two."""
 
     def __init__(self, sock: socket.socket, on_frame, on_close, peer: int | None = None):
         self.sock = sock
@@ -290,6 +303,10 @@ class Link:
         self._reader = threading.Thread(target=self._read_loop, name=name, daemon=True)
         self._reader.start()
 
+    def read_elsewhere(self) -> None:
+        """Continue reading this link on another thread (see the class docstring)."""
+        run_elsewhere(self._read_loop)
+
     def _read_loop(self) -> None:
         reason = "closed"
         try:
@@ -306,7 +323,9 @@ class Link:
                     pass
                 else:
                     try:
-                        self._on_frame(self, kind, mode, rrid, msg_id, body, buffers)
+                        if self._on_frame(self, kind, mode, rrid, msg_id, body, buffers):
+                            reason = None   # another thread reads this link now
+                            return
                     except (ProtocolError, ProcessExitedException):
                         raise
                     except Exception:
@@ -317,8 +336,12 @@ class Link:
             log.warning("pydist: closing the link to process %s: %s", self.peer, err)
         except (OSError, EOFError, ValueError, ProcessExitedException) as err:
             reason = f"connection lost ({err or type(err).__name__})"
+        except BaseException as err:
+            reason = f"reader failed ({type(err).__name__}: {err})"
+            raise
         finally:
-            self.close(reason)
+            if reason is not None:
+                self.close(reason)
 
     # -- closing ---------------------------------------------------------------------------
     def close(self, reason: str = "closed") -> None:
