@@ -1309,6 +1309,8 @@ class KubeTestServer:
                 new.setdefault("metadata", {}).pop(field, None)
                 if field in obj["metadata"]:
                     new["metadata"][field] = obj["metadata"][field]
+            if kind == "Secret":
+                self._normalise_secret(new)             # a patch may carry stringData too
             obj.clear()
             obj.update(new)
         return self.store.update(kind, ns, name, change)
