@@ -60,6 +60,6 @@ build_sshhost() {
 for b in build_base build_worker build_sshhost; do
   t0=$(now_ms); $b; log "  $b: $(secs_since "$t0") s"
 done
-# drop the untagged leftovers of earlier builds of these images (ours only)
-docker image prune -f --filter label=pydist.image >/dev/null 2>&1 || true
+# (No `docker image prune` here: on a shared machine it can delete the newest
+# intermediate image of someone else's build in progress.)
 docker images --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E "^(${BASE_IMAGE}|${WORKER_IMAGE}|${SSHHOST_IMAGE})  " >&2 || true

@@ -30,7 +30,7 @@ EXTRAS=""
 PY=${PYTHON:-python3}
 LOG=""
 DOCKER_ARGS=()
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&$(( ${1:-0} ? 2 : 1 )); exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --base) BASE=${2:?--base needs an image}; shift 2 ;;
