@@ -57,7 +57,8 @@ IMAGE = "unset"           # set by the pod_image fixture before any test creates
 def pod_image():
     """A tiny image with a known ENTRYPOINT and CMD, made from whichever local base image exists.
 
-    One commit of an unstarted container (not a Dockerfile build: one layer instead of three, 3x faster here)."""
+    A commit of an unstarted container: one step, where a Dockerfile build with the legacy builder
+    makes three (measured here under load: 5 s against 17 s)."""
     global IMAGE
     base = next((i for i in (infra.BASE_IMAGE, infra.WORKER_IMAGE) if infra.image_exists(i)), None)
     infra.require(base is not None, f"a base image ({infra.BASE_IMAGE} or {infra.WORKER_IMAGE})")
@@ -235,14 +236,13 @@ def test_watch_from_resource_version_replays_added_modified_deleted(core, ns):
         seen.append((event["type"], event["object"].status.phase))
     types = [t for t, _ in seen]
     assert types[0] == "ADDED" and types[-1] == "DELETED" and "MODIFIED" in types
-    assert ("MODIFIED", "Running") in seen or ("MODIFIED", "Succeeded") in seen
     assert ("MODIFIED", "Succeeded") in seen
 
 
 def test_watch_ends_after_timeout_seconds(core, ns):
     start = time.monotonic()
     assert list(watch.Watch().stream(core.list_namespaced_pod, ns, timeout_seconds=1)) == []
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 20       # a watch without its timeout would run for an hour
 
 
 def test_pod_log_supports_tail_lines_and_follow(core, ns):
