@@ -191,6 +191,7 @@ class JobManager(ClusterManager):
     def launch(self, params: dict, launched: list[WorkerConfig], notify: threading.Condition) -> None:
         n = self.worker_count()
         listener = join_listener(*self._listen_address())
+        listener.claim(_ours)
         head = self.head(listener.host, listener.port)
         launch_id = secrets.token_hex(4)
         spec = self.build_spec(n, params, head, launch_id)
@@ -260,7 +261,7 @@ class JobManager(ClusterManager):
                     if now >= deadline:
                         raise self._failure(job, missing, f"did not join {head} "
                                             f"within {worker_timeout:.0f} s of the job starting")
-                config = listener.next_offer(min(self.poll_interval, deadline - now))
+                config = listener.next_offer(min(self.poll_interval, deadline - now), _ours)
                 if config is None:
                     continue
                 ident = str(config.ident)
@@ -279,8 +280,8 @@ class JobManager(ClusterManager):
                 else:
                     foreign.append(config)
         finally:
-            for config in foreign:        # another manager's worker (ElasticManager): give back
-                listener.offers.put(config)
+            for config in foreign:        # another job's worker: give it back
+                listener.give_back(config)
 
     def _failure(self, job: _Job, missing: set[str], why: str) -> LaunchError:
         tasks = sorted(int(ident.rpartition(".")[2]) for ident in missing)
@@ -416,6 +417,12 @@ def _end_all() -> None:
 
 
 # -- helpers --------------------------------------------------------------------------------
+def _ours(config: WorkerConfig) -> bool:
+    """An offer from a worker of a job this process submitted (ident `<job_id>.<task>`)."""
+    with _lock:
+        return _owner_of(str(config.ident)) in _submitted
+
+
 def _owner_of(ident: str) -> str:
     """The job id in a worker ident `<job_id>.<task>`."""
     return ident.rpartition(".")[0]

@@ -42,7 +42,7 @@ except ImportError as err:  # pragma: no cover - depends on the installation
     raise ImportError("DockerManager needs the Docker SDK: pip install 'pydist[docker]'") from err
 
 from pydist import ClusterManager, LaunchError, WorkerConfig, cluster_cookie, settings
-from pydist.cluster import _relay
+from pydist.cluster import relay_output
 from pydist.manager import ask_to_exit
 from pydist.process import STATE
 from pydist.worker import parse_address
@@ -251,7 +251,7 @@ class _Output:
                 self._address.put(address)
                 return True
             self.lines.append(line)
-        _relay(self.pid, line)
+        relay_output(self.pid, line)
         return found
 
 

@@ -12,7 +12,6 @@ themselves, on a thread of their own.  `kill` asks the worker to exit.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from typing import Callable
@@ -25,26 +24,53 @@ DEFAULT_PORT = 9090
 
 class JoinListener:
     """The master's side of the join path: a port that authenticated workers offer
-    themselves on. Offers wait in a queue until a manager's launch takes them."""
+    themselves on.  Offers wait until a launch takes one; a manager that launches workers
+    itself (Slurm, Kubernetes) `claim`s the offers it recognises, and ElasticManager takes
+    only the unclaimed rest, so two managers never take each other's workers."""
 
     def __init__(self, host: str = "0.0.0.0", port: int = DEFAULT_PORT, advertise: str | None = None):
         if process.STATE.listener is None:
             process.listen(host, port, advertise)
         self.host, self.port = process.STATE.address
-        self.offers: queue.SimpleQueue = queue.SimpleQueue()
-        self._late: Callable[[WorkerConfig], None] | None = None
+        self._cond = threading.Condition()        # guards _offers and _claims
+        self._offers: list[WorkerConfig] = []
+        self._claims: list[Callable[[WorkerConfig], bool]] = []
         process.STATE.on_offer = self._on_offer
 
     def _on_offer(self, link, offer: dict) -> None:
         config = WorkerConfig(sock=link.sock, host=offer.get("host"), port=offer.get("port"),
                               ident=offer.get("ident"), userdata=offer)
-        self.offers.put(config)
+        self.give_back(config)
 
-    def next_offer(self, timeout: float) -> WorkerConfig | None:
-        try:
-            return self.offers.get(timeout=max(timeout, 0))
-        except queue.Empty:
-            return None
+    def claim(self, recognises: Callable[[WorkerConfig], bool]) -> None:
+        """Reserve the offers `recognises` accepts for the caller (ElasticManager skips them)."""
+        with self._cond:
+            self._claims.append(recognises)
+
+    def unclaimed(self, config: WorkerConfig) -> bool:
+        return not any(recognises(config) for recognises in self._claims)
+
+    def give_back(self, config: WorkerConfig) -> None:
+        """Queue an offer (again), for whichever launch accepts it."""
+        with self._cond:
+            self._offers.append(config)
+            self._cond.notify_all()
+
+    def next_offer(self, timeout: float | None,
+                   accept: Callable[[WorkerConfig], bool] | None = None) -> WorkerConfig | None:
+        """The oldest offer `accept` takes (default: any), waiting up to `timeout` seconds
+        (None: for ever); None if none came."""
+        accept = accept or (lambda config: True)
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0)
+        with self._cond:
+            while True:
+                for i, config in enumerate(self._offers):
+                    if accept(config):
+                        return self._offers.pop(i)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
 
 
 _listener: JoinListener | None = None
@@ -84,7 +110,7 @@ class ElasticManager(ClusterManager):
         deadline = time.monotonic() + self.timeout
         got = 0
         while got < self.n:
-            config = self.listener.next_offer(deadline - time.monotonic())
+            config = self.listener.next_offer(deadline - time.monotonic(), self.listener.unclaimed)
             if config is None:
                 raise LaunchError([(f"{self.n - got} of {self.n} workers",
                                     f"did not join {self.address[0]}:{self.address[1]} within "
@@ -101,7 +127,7 @@ class ElasticManager(ClusterManager):
 
     def _accept_late(self) -> None:
         while True:
-            config = self.listener.offers.get()
+            config = self.listener.next_offer(None, self.listener.unclaimed)
             try:
                 addprocs(_Joined(self, config))
             except Exception as err:

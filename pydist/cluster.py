@@ -107,7 +107,7 @@ class _OutputRelay:
                         self._address.put(address)
                         continue
                     self.lines.append(line)
-                _relay(self.pid, line)
+                relay_output(self.pid, line)
         except (OSError, ValueError):
             pass
         finally:
@@ -119,7 +119,9 @@ class _OutputRelay:
                 pass
 
 
-def _relay(pid, line: str) -> None:
+def relay_output(pid: int | None, line: str) -> None:
+    """Print one line of worker `pid`'s output on the master's stdout, prefixed
+    `From worker N:` (for managers that read worker output themselves)."""
     text = f"      From worker {pid if pid is not None else '?'}:\t{line}"
     writer = relay_write
     with _print_lock:
@@ -128,6 +130,13 @@ def _relay(pid, line: str) -> None:
         else:
             sys.stdout.write(text + "\n")
             sys.stdout.flush()
+
+
+@internal
+def relay_lines(pid: int, lines: list[str]) -> None:
+    """Worker-connects workers send their output here (worker.py) to be relayed."""
+    for line in lines:
+        relay_output(pid, line)
 
 
 # -- addprocs -----------------------------------------------------------------------------------
@@ -236,10 +245,13 @@ def _launch_and_setup(manager: ClusterManager, params: dict) -> tuple[list[int],
     failures: list[tuple[str, str]] = []
     added: list[int] = []
     done = threading.Event()
+    usage_errors: list[Exception] = []
 
     def run_launch():
         try:
             manager.launch(params, launched, notify)
+        except (ValueError, TypeError) as err:
+            usage_errors.append(err)         # a bad argument: raised as is by addprocs
         except Exception as err:
             log.debug("launch failed", exc_info=True)
             failures.extend(err.failures if isinstance(err, LaunchError) else
@@ -267,6 +279,9 @@ def _launch_and_setup(manager: ClusterManager, params: dict) -> tuple[list[int],
             break
     for thread in setups:
         thread.join()
+    if usage_errors and not added:
+        raise usage_errors[0]
+    failures.extend((type(manager).__name__, f"{type(e).__name__}: {e}") for e in usage_errors)
     return sorted(added), failures
 
 
@@ -298,9 +313,10 @@ def _setup_one(manager, config: WorkerConfig, params: dict, added: list, failure
         manager.manage(pid, config, "register")
         added.append(pid)
     except Exception as err:
+        what = _describe(config)            # the manager may have named it better by now
         log.debug("setting up %s failed", what, exc_info=True)
         failures.append((what, f"{type(err).__name__}: {err}"))
-        _abandon(config)
+        _abandon(manager, pid, config)
     finally:
         with STATE.cond:
             _pending.discard(pid)
@@ -371,8 +387,15 @@ def _describe(config: WorkerConfig) -> str:
     return f"local process {process.pid}" if getattr(process, "pid", None) else "worker"
 
 
-def _abandon(config: WorkerConfig) -> None:
-    """A worker that failed to join must not linger."""
+def _abandon(manager: ClusterManager, pid: int | None, config: WorkerConfig) -> None:
+    """A worker that failed to join must not linger: its manager kills it (it has an id
+    once connect was tried), else its local process is stopped."""
+    if pid is not None:
+        try:
+            manager.kill(pid, config)
+            return
+        except Exception:
+            log.debug("kill of the abandoned worker %s failed", pid, exc_info=True)
     stop_process(config.process)
     reap(config.process)
 

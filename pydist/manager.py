@@ -109,6 +109,8 @@ def _exit_now() -> None:
 
 def ask_to_exit(pid: int, timeout: float) -> bool:
     """Tell worker `pid` to exit and wait until its link is gone; False if it did not go."""
+    if pid not in STATE.links:
+        return pid in STATE.dead          # never joined, or already gone
     try:
         send_call(pid, Mode.DO, _exit_now)
     except Exception:

@@ -97,6 +97,7 @@ class _PoolState:
         self.default = default
         self._cond = threading.Condition()      # guards _members and _free
         self._members: set[int] = set()
+        self._retired: set[int] = set()
         self._free: collections.deque[int] = collections.deque()
         for pid in members:
             self.put(pid)
@@ -104,8 +105,8 @@ class _PoolState:
 
     def put(self, pid: int) -> None:
         with self._cond:
-            if pid in STATE.dead or (self.default and pid == 1):   # the master is only lent
-                self._members.discard(pid)                         # when there are no workers
+            if pid in STATE.dead or pid in self._retired or (self.default and pid == 1):
+                self._members.discard(pid)     # the master is only lent when there are no workers
                 return
             self._members.add(pid)
             if pid not in self._free:
@@ -137,6 +138,15 @@ class _PoolState:
 
     def length(self) -> int:
         return len(self.workers())
+
+    def retire(self, pid: int) -> None:
+        """Lend `pid` no more; a call it is running finishes, and it is not taken back."""
+        with self._cond:
+            self._retired.add(pid)
+            self._members.discard(pid)
+            if pid in self._free:
+                self._free.remove(pid)
+            self._cond.notify_all()
 
     def forget(self, pid: int) -> None:
         with self._cond:
@@ -179,6 +189,10 @@ class WorkerPool(AbstractWorkerPool):
 
     def length(self) -> int:
         return self._op("length")
+
+    def retire(self, pid: int) -> None:
+        """Stop lending worker `pid` (it is leaving); a call it runs now is not cut short."""
+        self._op("retire", pid)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({sorted(self.workers())})"

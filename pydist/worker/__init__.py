@@ -14,7 +14,9 @@ SIGINT interrupts the running calls instead of killing the process.
 from __future__ import annotations
 
 import argparse
+import io
 import os
+import queue
 import signal
 import socket
 import ssl
@@ -91,7 +93,53 @@ def join_master(host: str, port: int, cookie: str, timeout: float, bind: str = "
     from ..process import on_close, on_frame
     link._on_frame, link._on_close = on_frame, on_close
     _on_join(link, loads(body))
+    _forward_output()
     threading.Event().wait()
+
+
+class _Tee(io.TextIOBase):
+    """Writes to the original stream and queues whole lines for the master."""
+
+    def __init__(self, original, lines: queue.SimpleQueue):
+        self.original, self.lines, self._partial = original, lines, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.original.write(text)
+        *complete, self._partial = (self._partial + text).split("\n")
+        for line in complete:
+            self.lines.put(line)
+        return len(text)
+
+    def flush(self) -> None:
+        self.original.flush()
+
+    def fileno(self) -> int:
+        return self.original.fileno()
+
+
+def _forward_output() -> None:
+    """A joined worker has no stdout pipe to the master: its print()s and tracebacks go to
+    the master over the link (as `From worker N:` lines), and to its own stdout as before."""
+    lines: queue.SimpleQueue = queue.SimpleQueue()
+    sys.stdout = _Tee(sys.stdout, lines)
+    sys.stderr = _Tee(sys.stderr, lines)
+
+    def send_loop():
+        from ..cluster import relay_lines
+        from ..messages import Mode
+        from ..process import send_call
+        while True:
+            batch = [lines.get()]
+            while not lines.empty():
+                batch.append(lines.get())
+            try:
+                send_call(1, Mode.DO, relay_lines, (STATE.myid, batch))
+            except Exception:
+                return          # the master is gone: this process is about to exit
+    threading.Thread(target=send_loop, name="pydist-output", daemon=True).start()
 
 
 def _dial_with_backoff(host: str, port: int, timeout: float):
