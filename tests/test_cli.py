@@ -240,3 +240,24 @@ def test_status_of_a_script_run_by_pydist_from_another_process(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "2 worker(s)" in done.stdout
     assert not list((tmp_path / ".pydist").glob("*.sock"))     # removed when the master ended
+
+
+@pytest.mark.ssh
+def test_machine_file_starts_ssh_workers_for_the_script(tmp_path):
+    import infra
+    infra.require(infra.sshd_running(), f"the loopback sshd on {infra.SSHD_HOST}:{infra.SSHD_PORT}")
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True, mode=0o700)
+    (home / ".ssh" / "config").write_text(
+        f"Host pydist-loop\n  HostName {infra.SSHD_HOST}\n  Port {infra.SSHD_PORT}\n  User {infra.SSHD_USER}\n"
+        f"  IdentityFile {infra.SSH_KEY}\n  IdentitiesOnly yes\n  UserKnownHostsFile {infra.SSH_KNOWN_HOSTS}\n")
+    hosts = write(tmp_path / "hosts", "# the loopback sshd, as an ~/.ssh/config alias\n2*pydist-loop\n")
+    script = write(tmp_path / "job.py", """
+        import os
+        from pydist import pmap, workers
+        print("workers", workers())
+        print("remote", all(pid != os.getpid() for pid in pmap(lambda _: os.getpid(), range(4))))
+    """)
+    done = pydist("--machine-file", hosts, script, env={"HOME": str(home)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "workers [2, 3]" in done.stdout and "remote True" in done.stdout
