@@ -505,7 +505,7 @@ def _run(argv: list[str]) -> int:
 def _interact(added: list[int]) -> None:
     import code
     try:
-        import readline  # noqa: F401  (line editing and history in the console)
+        __import__("readline")          # line editing and history in the console
     except ImportError:
         pass
     module = types.ModuleType("__main__")

@@ -17,7 +17,6 @@ import enum
 import struct
 
 HEADER = struct.Struct("!BBHIQQQ")
-BUFFER_LENGTH = struct.Struct("!Q")
 
 
 class Kind(enum.IntEnum):

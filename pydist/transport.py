@@ -31,7 +31,7 @@ import time
 
 from . import settings
 from .errors import ProcessExitedException
-from .messages import BUFFER_LENGTH, HEADER, NO_RRID, Kind
+from .messages import HEADER, NO_RRID, Kind
 
 log = logging.getLogger("pydist")
 
@@ -40,7 +40,10 @@ MAGIC = b"PYDIST"
 HELLO = struct.Struct("!6sHBB32s")
 MAC_SIZE = 32
 ACCEPTED = b"K"
-_KINDS = frozenset(int(k) for k in Kind)
+_KINDS = {int(k): k for k in Kind}
+_HEADER_SIZE = HEADER.size
+_unpack_header = HEADER.unpack
+_monotonic = time.monotonic
 _SMALL_FRAME = 1 << 16       # frames up to this size are joined and sent with one syscall
 
 
@@ -212,13 +215,13 @@ class Link:
              msg_id: int = 0) -> None:
         """Send one frame; raises ProcessExitedException if the link is gone, ValueError if
         the frame is larger than the peer accepts."""
-        size = len(body) + sum(b.nbytes for b in buffers)
+        size = len(body) + (sum(b.nbytes for b in buffers) if buffers else 0)
         if size > settings.MAX_FRAME_BYTES:
             raise ValueError(f"a message of {size} bytes to process {self.peer} exceeds the frame limit "
                              f"of {settings.MAX_FRAME_BYTES} bytes (PYDIST_MAX_FRAME_BYTES); send it in "
                              "parts, or raise the limit on every process")
         header = HEADER.pack(kind, mode, len(buffers), rrid[0], rrid[1], msg_id, len(body))
-        sizes = b"".join(BUFFER_LENGTH.pack(b.nbytes) for b in buffers)
+        sizes = struct.pack(f"!{len(buffers)}Q", *(b.nbytes for b in buffers)) if buffers else b""
         big = size > _SMALL_FRAME
         try:
             with self._send_lock:
@@ -255,20 +258,24 @@ class Link:
     # -- receiving -------------------------------------------------------------------------
     def read_frame(self):
         """Read one frame: (kind, mode, rrid, msg_id, body, buffers). Raises on bad input."""
-        kind, mode, nbuf, whence, rid, msg_id, size = HEADER.unpack(self._read(HEADER.size))
-        if kind not in _KINDS:
-            raise ProtocolError(f"unknown message kind {kind}")
-        if nbuf > settings.MAX_BUFFERS:
-            raise ProtocolError(f"{nbuf} buffers in one frame (limit {settings.MAX_BUFFERS})")
-        sizes = [BUFFER_LENGTH.unpack(self._read(8))[0] for _ in range(nbuf)]
-        total = size + sum(sizes)
+        kind, mode, nbuf, whence, rid, msg_id, size = _unpack_header(self._read(_HEADER_SIZE))
+        kind = _KINDS.get(kind)
+        if kind is None:
+            raise ProtocolError("unknown message kind")
+        if nbuf:
+            if nbuf > settings.MAX_BUFFERS:
+                raise ProtocolError(f"{nbuf} buffers in one frame (limit {settings.MAX_BUFFERS})")
+            sizes = struct.unpack(f"!{nbuf}Q", self._read(8 * nbuf))
+            total = size + sum(sizes)
+        else:
+            sizes, total = (), size
         if total > settings.MAX_FRAME_BYTES:
             raise ProtocolError(f"a frame of {total} bytes exceeds PYDIST_MAX_FRAME_BYTES="
                                 f"{settings.MAX_FRAME_BYTES}")
         body = self._read(size)
         buffers = [self._read(n) for n in sizes]
-        self.last_heard = time.monotonic()
-        return Kind(kind), mode, (whence, rid), msg_id, body, buffers
+        self.last_heard = _monotonic()
+        return kind, mode, (whence, rid), msg_id, body, buffers
 
     def _read(self, n: int) -> bytearray:
         start = self._start
