@@ -12,12 +12,14 @@ themselves, on a thread of their own.  `kill` asks the worker to exit.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from typing import Callable
 
 from pydist import ClusterManager, LaunchError, WorkerConfig, addprocs
 from pydist import process
+from pydist.transport import open_listener, serve
 
 DEFAULT_PORT = 9090
 
@@ -29,13 +31,13 @@ class JoinListener:
     only the unclaimed rest, so two managers never take each other's workers."""
 
     def __init__(self, host: str = "0.0.0.0", port: int = DEFAULT_PORT, advertise: str | None = None):
-        if process.STATE.listener is None:
-            process.listen(host, port, advertise)
-        self.host, self.port = process.STATE.address
+        self.socket = open_listener(host, port)
+        self.host, self.port = advertise or host, self.socket.getsockname()[1]
+        serve(self.socket, functools.partial(process.accept, on_offer=self._on_offer),
+              f"pydist-join-{self.port}")
         self._cond = threading.Condition()        # guards _offers and _claims
         self._offers: list[WorkerConfig] = []
         self._claims: list[Callable[[WorkerConfig], bool]] = []
-        process.STATE.on_offer = self._on_offer
 
     def _on_offer(self, link, offer: dict) -> None:
         config = WorkerConfig(sock=link.sock, host=offer.get("host"), port=offer.get("port"),
@@ -73,18 +75,21 @@ class JoinListener:
                 self._cond.wait(remaining)
 
 
-_listener: JoinListener | None = None
-_listener_lock = threading.Lock()      # guards _listener
+_listeners: dict[tuple[str, int], JoinListener] = {}
+_listeners_lock = threading.Lock()      # guards _listeners
 
 
 def join_listener(host: str = "0.0.0.0", port: int = DEFAULT_PORT,
                   advertise: str | None = None) -> JoinListener:
-    """The master's one join listener, opened on first use."""
-    global _listener
-    with _listener_lock:
-        if _listener is None:
-            _listener = JoinListener(host, port, advertise)
-        return _listener
+    """The master's join listener on host:port, opened on first use (port 0: any free port,
+    reusing a listener already open on that host)."""
+    with _listeners_lock:
+        for (h, p), listener in _listeners.items():
+            if h == host and (port == 0 or p == port):
+                return listener
+        listener = JoinListener(host, port, advertise)
+        _listeners[(host, listener.port)] = listener
+        return listener
 
 
 class ElasticManager(ClusterManager):

@@ -116,7 +116,6 @@ class _State:
         self.joined = threading.Event()               # worker: the master has sent JOIN
         self.handlers: dict[Kind, object] = {}        # set by refs.py and calls.py
         self.exit_hooks: list = []                    # fn(pid), run once per exited peer
-        self.on_offer = None                          # master: fn(link, offer) for joining workers
         self.runner = _Runner()
         self.tls = None                               # tls.TLSConfig: wrap every link in TLS
         self._heartbeat: threading.Thread | None = None
@@ -314,8 +313,9 @@ def secure(sock: socket.socket, server: bool) -> socket.socket:
     return STATE.tls.wrap(sock, server) if STATE.tls is not None else sock
 
 
-def accept(sock: socket.socket, addr) -> None:
-    """Serve one incoming connection: authenticate, then read who it is (listener thread)."""
+def accept(sock: socket.socket, addr, on_offer=None) -> None:
+    """Serve one incoming connection: authenticate, then read who it is (listener thread).
+    `on_offer(link, offer)` takes workers that dial in to join (the master's join listeners)."""
     try:
         sock = secure(sock, server=True)
         handshake(sock, cluster_cookie(), dialer=False)
@@ -339,8 +339,8 @@ def accept(sock: socket.socket, addr) -> None:
         register_link(link)
     elif kind is Kind.JOIN and STATE.on_join is not None and not STATE.joined.is_set():
         STATE.on_join(link, what)
-    elif kind is Kind.OFFER and STATE.on_offer is not None:
-        STATE.on_offer(link, what)
+    elif kind is Kind.OFFER and on_offer is not None:
+        on_offer(link, what)
     else:
         log.warning("pydist: closing a connection from %s: unexpected %s", _addr(addr), kind.name)
         link.closed = True
