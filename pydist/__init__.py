@@ -15,7 +15,7 @@ from .process import (cluster_cookie, myid, nprocs, nworkers, procs, worker_id_f
                       workers)
 from .refs import (RRID, Future, RemoteChannel, channel_from_id, fetch, isready, put,
                    remoteref_id, take, wait)
-from .worker import init_worker, start_worker
+from .worker import init_worker, process_messages, start_worker
 
 __version__ = "0.1.0"
 
@@ -29,5 +29,6 @@ __all__ = [
     "RemoteException", "CapturedException", "ProcessExitedException", "LaunchError",
     "InvalidStateError",
     "cluster_cookie", "worker_id_from_socket",
-    "ClusterManager", "WorkerConfig", "init_worker", "start_worker", "default_addprocs_params",
+    "ClusterManager", "WorkerConfig", "init_worker", "start_worker", "process_messages",
+    "default_addprocs_params",
 ]

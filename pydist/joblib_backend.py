@@ -88,6 +88,8 @@ class PydistBackend(AutoBatchingMixin, ParallelBackendBase):
             future.add_done_callback(callback)
         return future
 
+    apply_async = submit                  # the name joblib < 1.5 calls
+
     def retrieve_result_callback(self, out):
         return out.result()
 

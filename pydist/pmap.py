@@ -293,6 +293,8 @@ class DistributedTask:
     """What distributed() without a reducer returns: `.wait()` blocks until every chunk is done
     and raises RemoteException if one failed."""
 
+    _pydist_future_like = True       # fetch(task) waits, as for a Future
+
     def __init__(self, futures: list):
         self.futures = futures
 

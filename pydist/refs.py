@@ -504,8 +504,9 @@ def channel_from_id(rrid) -> Any:
 
 
 def fetch(x: Any) -> Any:
-    """A Future's value, a RemoteChannel's first item; anything else is returned as is."""
-    if isinstance(x, (_Ref, Channel)):
+    """A Future's value, a RemoteChannel's first item, a task's outcome (distributed());
+    anything else is returned as is."""
+    if isinstance(x, (_Ref, Channel)) or getattr(x, "_pydist_future_like", False):
         return x.fetch()
     return x
 

@@ -108,3 +108,19 @@ def test_interrupt_with_no_pids_interrupts_every_worker(fresh):
     for fut in futures:
         with pytest.raises(RemoteException):
             fut.fetch()
+
+
+def test_process_messages_joins_a_master_over_a_socket_the_caller_made(fresh):
+    from managers import ElasticManager
+    manager = ElasticManager(n=1, host="127.0.0.1", port=0, timeout=30)
+    code = (f"import socket, threading\n"
+            f"from pydist import process_messages, init_worker\n"
+            f"init_worker({cluster_cookie()!r})\n"
+            f"s = socket.create_connection(('127.0.0.1', {manager.address[1]}))\n"
+            f"process_messages(s, s, incoming=False)\n"
+            f"threading.Event().wait()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    [pid] = addprocs(manager)
+    assert remotecall_fetch(myid, pid) == pid
+    rmprocs(pid)
+    assert proc.wait(10) == 0

@@ -29,8 +29,8 @@ from typing import TextIO
 from .. import settings
 from ..calls import interrupt_calls, interruptible_sleep
 from ..messages import Kind
-from ..process import (STATE, WorkerInfo, add_members, cluster_cookie, configure_heartbeat, dial_peer,
-                       listen, register_link, secure)
+from ..process import (STATE, WorkerInfo, accept, add_members, cluster_cookie, configure_heartbeat,
+                       dial_peer, listen, on_close, on_frame, register_link, secure)
 from ..serialize import dumps, loads
 from ..transport import HandshakeError, Link, dial, handshake
 
@@ -81,20 +81,41 @@ def join_master(host: str, port: int, cookie: str, timeout: float, bind: str = "
                 advertise: str | None = None, ident: str | None = None) -> None:
     """Dial the master at host:port and join it (worker connects); never returns."""
     init_worker(cookie)
-    my_host, my_port = listen(bind, 0, advertise or _advertised(bind))
-    sock = _dial_with_backoff(host, port, timeout)
-    link = Link(sock, None, None)
+    listen(bind, 0, advertise or _advertised(bind))
+    _offer_and_join(_dial_with_backoff(host, port, timeout), ident)
+    threading.Event().wait()
+
+
+def _offer_and_join(sock: socket.socket, ident: str | None) -> None:
+    """On an authenticated connection to the master: offer ourselves, take its JOIN."""
+    link = Link(sock, on_frame, on_close)
+    my_host, my_port = STATE.address
     offer = {"ident": ident or os.environ.get("PYDIST_WORKER_IDENT") or socket.gethostname(),
              "host": my_host, "port": my_port, "hostname": STATE.hostname, "ospid": os.getpid()}
     link.send(Kind.OFFER, dumps(offer)[0])
     kind, _mode, _rrid, _msg_id, body, _buffers = link.read_frame()
     if kind is not Kind.JOIN:
-        raise SystemExit(f"pydist worker: the master at {host}:{port} answered {kind.name}, not JOIN")
-    from ..process import on_close, on_frame
-    link._on_frame, link._on_close = on_frame, on_close
+        raise SystemExit(f"pydist worker: the master answered {kind.name}, not JOIN")
     _on_join(link, loads(body))
     _forward_output()
-    threading.Event().wait()
+
+
+def process_messages(reader, writer, incoming: bool = True) -> None:
+    """Serve the cluster protocol on a connection a custom transport made (Julia:
+    process_messages). `reader` and `writer` are the same connected socket. incoming=True:
+    the peer dialed us (it authenticates, then sends JOIN or IDENT); incoming=False: we
+    dialed the master, and join it. Returns at once; the link is served on threads."""
+    if reader is not writer or not isinstance(reader, socket.socket):
+        raise TypeError("process_messages needs one connected socket as both reader and writer")
+    if incoming:
+        threading.Thread(target=accept, args=(reader, reader.getpeername()), daemon=True,
+                         name="pydist-accept").start()
+        return
+    if STATE.address is None:
+        listen("0.0.0.0", 0, _advertised("0.0.0.0"))
+    sock = secure(reader, server=False)
+    handshake(sock, cluster_cookie(), dialer=True)
+    threading.Thread(target=_offer_and_join, args=(sock, None), daemon=True, name="pydist-join").start()
 
 
 class _Tee(io.TextIOBase):
