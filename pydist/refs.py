@@ -27,7 +27,7 @@ import threading
 from typing import Any, Callable, NamedTuple
 
 from .channel import Channel
-from .errors import InvalidStateError, RemoteException, remote_exception
+from .errors import InvalidStateError, RemoteException
 from .messages import Kind
 from .process import STATE, call_fetch, get_link, internal, myid
 from .serialize import after_pickling, destination, dumps, loads

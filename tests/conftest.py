@@ -13,7 +13,6 @@ import pytest
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
-import pydist  # noqa: E402
 from pydist import addprocs, rmprocs, workers  # noqa: E402
 
 

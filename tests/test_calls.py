@@ -190,7 +190,6 @@ def test_interrupt_raises_keyboard_interrupt_in_the_running_call(cluster):
     fut = remotecall(time.sleep, cluster[0], 60)
     started = time.monotonic()
     from conftest import wait_until
-    import pydist.calls as calls
     wait_until(lambda: remotecall_fetch(lambda: len(__import__("pydist.calls").calls._running), cluster[0]),
                what="the sleep to start")
     interrupt(cluster[0])

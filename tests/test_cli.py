@@ -9,7 +9,6 @@ import stat
 import subprocess
 import sys
 import textwrap
-import threading
 from importlib.metadata import entry_points
 
 import pytest
@@ -87,6 +86,25 @@ def test_c_runs_code_with_workers():
     done = pydist("-p", 2, "-c", "import sys; from pydist import workers; print(workers(), sys.argv)", "a")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[2, 3] ['-c', 'a']"
+
+
+def test_m_runs_a_module_as_main(tmp_path):
+    write(tmp_path / "mymod.py", """
+        import sys
+        from pydist import remotecall_fetch, workers
+        if __name__ == "__main__":
+            print(sys.argv[1:], remotecall_fetch(lambda: __import__("mymod").__name__, workers()[0]))
+    """)
+    done = pydist("-p", 1, "-m", "mymod", "arg", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['arg'] mymod"     # importable on the worker as well
+
+
+def test_without_a_script_it_reads_commands_like_an_interactive_prompt():
+    done = subprocess.run([sys.executable, "-m", "pydist.cli", "-p", "1"], input="print(workers())\n",
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    assert "[2]" in done.stdout
 
 
 def test_a_missing_script_is_reported():

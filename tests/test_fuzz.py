@@ -7,7 +7,6 @@ keep serving real calls throughout."""
 import os
 import pickle
 import socket
-import struct
 
 import pytest
 

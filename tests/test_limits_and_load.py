@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import wait_until
-from pydist import (ProcessExitedException, RemoteChannel, addprocs, myid, pmap, remotecall,
+from pydist import (RemoteChannel, addprocs, myid, pmap, remotecall,
                     remotecall_fetch, workers)
 from pydist import settings
 

@@ -7,9 +7,8 @@ import threading
 
 import pytest
 
-from conftest import wait_until
-from pydist import (CachingPool, ProcessExitedException, RemoteException, WorkerPool, addprocs,
-                    distributed, myid, pmap, remotecall_fetch, workers)
+from pydist import (CachingPool, ProcessExitedException, RemoteException, distributed, myid, pmap,
+                    remotecall_fetch, workers)
 
 
 def square(x):

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from conftest import wait_until
-from pydist import (AbstractWorkerPool, CachingPool, ProcessExitedException, RemoteException,
+from pydist import (AbstractWorkerPool, CachingPool, RemoteException,
                     WorkerPool, addprocs, clear, default_worker_pool, myid, remote, remotecall,
                     remotecall_fetch, remotecall_wait, remote_do, workers)
 

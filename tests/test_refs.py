@@ -192,7 +192,6 @@ def test_wait_on_a_remote_channel_does_not_remove_the_item(cluster):
 
 
 def test_reference_tables_return_to_empty_after_many_calls(cluster):
-    from pydist import refs
     futures = [remotecall(myid, cluster[i % 2]) for i in range(100)]
     assert sum(f.fetch() for f in futures) == 50 * sum(cluster)
     del futures

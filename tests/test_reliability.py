@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import remove_all_workers, wait_until
+from conftest import remove_all_workers
 from pydist import (ClusterManager, LaunchError, ProcessExitedException, WorkerConfig, addprocs,
                     cluster_cookie, myid, remotecall, remotecall_fetch, workers)
 from pydist import settings

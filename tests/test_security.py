@@ -8,7 +8,6 @@ import hmac
 import os
 import pickle
 import socket
-import struct
 import sys
 
 import pytest
@@ -130,7 +129,6 @@ def test_empty_cookie_is_refused():
 
 
 def test_the_cookie_is_not_on_the_worker_command_line(cluster):
-    import subprocess
     ospid = remotecall_fetch(os.getpid, cluster[0])
     cmdline = open(f"/proc/{ospid}/cmdline", "rb").read().decode()
     environ = open(f"/proc/{ospid}/environ", "rb").read().decode(errors="replace")

@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-import threading
 
 import pytest
 
@@ -61,7 +60,6 @@ def test_custom_topology_connects_only_the_listed_idents(fresh):
 def test_custom_manager_gets_deregister_and_default_kill_stops_the_process(fresh):
     manager = TopoTestManager(2)
     ids = addprocs(manager, topology="custom")
-    processes = [manager_config.process for manager_config in []]
     rmprocs(*ids)
     assert workers() == [1]
     assert {op for _, op in manager.ops} >= {"register", "deregister"}

@@ -1,6 +1,5 @@
 """ElasticManager: workers that dial the master and join (worker connects)."""
 
-import os
 import subprocess
 import sys
 
