@@ -60,9 +60,28 @@ pip_install() {
   echo "pydist[test] installed (editable) from $REPO into $("$PY" -c 'import sys; print(sys.prefix)')"
 }
 
+# Another Python 3 minor version with pydist's two dependencies, so the version-skew test
+# (tests/test_reliability.py) can start a worker the handshake must refuse. Best effort:
+# the test skips (and says why) where no second interpreter exists.
+other_python() {
+  local mine exe; mine=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  for exe in /root/.pyenv/versions/3.*/bin/python; do
+    [ -x "$exe" ] || continue
+    case "$("$exe" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" in
+      "$mine"|"") continue ;;
+    esac
+    "$exe" -c 'import cloudpickle, tqdm' 2>/dev/null && { echo "$exe already has cloudpickle, tqdm"; return 0; }
+    if PIP_ROOT_USER_ACTION=ignore timeout 300 "$exe" -m pip install -q cloudpickle tqdm >"$LOGS/pip-other.log" 2>&1; then
+      echo "$exe: cloudpickle, tqdm installed"; return 0
+    fi
+  done
+  echo "no second Python 3 minor version: the version-skew test will skip"
+}
+
 phase packages bash "$CI_DIR/packages.sh"
 phase docker   ensure_dockerd
 phase python   pip_install
+phase python2  other_python
 phase sshd     bash "$CI_DIR/sshd.sh" start
 phase slurm    bash "$CI_DIR/slurm.sh" start
 phase images   bash "$CI_DIR/images.sh"

@@ -76,21 +76,45 @@ def test_pmap_with_retries_survives_workers_killed_and_added(no_workers):
     assert len(added) == 2
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def _report(name: str, data: dict) -> None:
+    """Save figures for the reliability report (bench/reliability.py) when it asks for them."""
+    directory = os.environ.get("PYDIST_REPORT_DIR")
+    if directory:
+        import json
+        with open(os.path.join(directory, f"{name}.json"), "w") as f:
+            json.dump(data, f)
+
+
 def test_many_calls_and_channel_traffic_leave_the_reference_tables_empty(cluster):
     calls = int(os.environ.get("PYDIST_SOAK_CALLS", "3000"))
+    megabytes = int(os.environ.get("PYDIST_SOAK_MB", "160"))
     a, b = cluster
+    rss_before = {pid: remotecall_fetch(_rss_mb, pid) for pid in (1, a, b)}
     table_size = lambda: len(__import__("pydist.refs").refs._refs)   # noqa: E731
     before = {pid: remotecall_fetch(table_size, pid) for pid in (1, a, b)}
-    futures = [remotecall(myid, a if i % 2 else b) for i in range(calls)]
-    assert sum(f.fetch() for f in futures) == (calls // 2) * a + (calls - calls // 2) * b
+    total = 0
+    for start in range(0, calls, 10_000):                   # bounded batches keep memory flat
+        futures = [remotecall(myid, a if i % 2 else b) for i in range(start, min(calls, start + 10_000))]
+        total += sum(f.fetch() for f in futures)
+        del futures
+    assert total == (calls // 2) * a + (calls - calls // 2) * b
     rc = RemoteChannel(a, size=4)
     np = pytest.importorskip("numpy")
     chunk = np.ones(1 << 20)                                # 8 MB a message
-    producer = remotecall(lambda c, n: [c.put(chunk) for _ in range(n)] and None, b, rc, 20)
-    assert sum(rc.take().sum() for _ in range(20)) == 20 * chunk.size
+    n = max(1, megabytes // 8)
+    producer = remotecall(lambda c, n: [c.put(chunk) for _ in range(n)] and None, b, rc, n)
+    assert sum(rc.take().sum() for _ in range(n)) == n * chunk.size
     producer.fetch()
-    del futures, rc, producer
+    del rc, producer
     gc.collect()
     for pid in (1, a, b):
         wait_until(lambda: remotecall_fetch(table_size, pid) == before[pid],
                    what=f"process {pid}'s reference table to return to {before[pid]} entries")
+    rss_after = {pid: remotecall_fetch(_rss_mb, pid) for pid in (1, a, b)}
+    _report("soak", {"calls": calls, "megabytes": n * 8, "rss_before_mb": list(rss_before.values()),
+                     "rss_after_mb": list(rss_after.values())})
