@@ -5,6 +5,7 @@ from .calls import (fetchany, fetchfrom, remote_do, remotecall, remotecall_fetch
 from .channel import Channel
 from .cluster import addprocs, interrupt, rmprocs
 from .everywhere import everywhere
+from .executor import Executor
 from .errors import (CapturedException, InvalidStateError, LaunchError, ProcessExitedException,
                      RemoteException)
 from .pmap import distributed, pmap
@@ -28,7 +29,7 @@ __all__ = [
     "remoteref_id", "channel_from_id", "RRID",
     "RemoteException", "CapturedException", "ProcessExitedException", "LaunchError",
     "InvalidStateError",
-    "cluster_cookie", "worker_id_from_socket",
+    "cluster_cookie", "worker_id_from_socket", "Executor",
     "ClusterManager", "WorkerConfig", "init_worker", "start_worker", "process_messages",
     "default_addprocs_params",
 ]

@@ -252,8 +252,28 @@ def _owner_op(rrid: RRID, op: str, args: tuple):
 
 
 def _in_thread(func, *args):
+    """An asyncio future for func(*args) run on a pydist runner thread (unbounded, unlike the
+    loop's default executor, so any number of pending awaits can wait at once)."""
     import asyncio
-    return asyncio.get_running_loop().run_in_executor(None, func, *args)
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def run():
+        try:
+            value, error = func(*args), None
+        except BaseException as err:
+            value, error = None, err
+        try:
+            loop.call_soon_threadsafe(_settle, done, value, error)
+        except RuntimeError:
+            pass                      # the loop is closed: nobody awaits any more
+    STATE.runner.submit(run)
+    return done
+
+
+def _settle(done, value, error) -> None:
+    if not done.cancelled():
+        done.set_exception(error) if error is not None else done.set_result(value)
 
 
 def _unwrap(value):

@@ -111,9 +111,6 @@ def test_run_in_executor_accepts_a_pydist_executor(cluster):
     assert os.getpid() not in pids
 
 
-@pytest.mark.xfail(strict=True, reason="refs._in_thread uses the loop's default executor "
-                   "(min(32, cpu_count + 4) threads): more pending awaits than threads starve "
-                   "put_async; needs the core fix given in issue 10's report")
 def test_many_pending_awaits_do_not_starve_the_loop(cluster):
     """12 awaits blocked in take() at once, released by a coroutine's put_async calls."""
     gate = RemoteChannel(size=100)
