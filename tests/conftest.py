@@ -22,8 +22,8 @@ def remove_all_workers() -> None:
         rmprocs(*ids, waitfor=30)
 
 
-def wait_until(condition, timeout: float = 10.0, what: str = "condition"):
-    """Wait for condition() to be truthy, re-checking on a short period; fail naming `what`."""
+def wait_until(condition, timeout: float = 10.0, what: str = "condition", period: float = 0.02):
+    """Wait for condition() to be truthy, re-checking every `period` s; fail naming `what`."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -31,7 +31,7 @@ def wait_until(condition, timeout: float = 10.0, what: str = "condition"):
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.02)
+        time.sleep(period)
 
 
 @pytest.fixture

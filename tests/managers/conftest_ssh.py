@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import uuid
 
 import pytest
@@ -32,18 +31,6 @@ def ssh_flags(key=infra.SSH_KEY, known_hosts=infra.SSH_KNOWN_HOSTS, timeout: flo
     """sshflags that log in with the test key only and check host keys strictly."""
     return ["-i", str(key), "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={known_hosts}",
             "-o", f"ConnectTimeout={timeout:g}"] + (["-o", "StrictHostKeyChecking=yes"] if strict else [])
-
-
-def wait_until(condition, timeout: float, what: str):
-    """Wait for condition() to be truthy, re-checking on a short period; fail naming `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def remove_workers() -> None:

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from conftest import wait_until
 from infra import require, slurm_running      # tests/ is on sys.path (no tests/__init__.py)
 
 from managers.slurm import SlurmManager
@@ -31,15 +33,8 @@ SQUEUE_PERIOD = 0.5      # how often the tests' own waits ask squeue
 
 
 def wait_for(condition, timeout: float, what: str, period: float = SQUEUE_PERIOD):
-    """Re-check condition() every `period` s until truthy; fail naming `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(period)
+    """wait_until, asking squeue at most every SQUEUE_PERIOD s."""
+    return wait_until(condition, timeout, what, period)
 
 
 def squeue_ids(job_name: str) -> list[str]:
