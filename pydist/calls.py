@@ -21,10 +21,10 @@ import threading
 from typing import Any, Callable
 
 from .errors import CapturedException, remote_exception
-from .messages import Kind, Mode
+from .messages import NO_RRID, Kind, Mode
 from .process import STATE, internal, myid, result, send_call, workers
-from .refs import RRID, Future, _Failed, _lookup, fetch, store_outcome
-from .serialize import dumps, loads
+from .refs import RRID, Future, _Failed, _lookup, expect_push, fetch, store_outcome
+from .serialize import dumps, dumps_small, loads
 
 log = logging.getLogger("pydist")
 
@@ -118,11 +118,26 @@ def _serve_call(link, mode, rrid, msg_id, body, buffers) -> None:
     if mode == Mode.FETCH:
         _answer(link, msg_id, value, failure)
     elif mode == Mode.FUTURE or mode == Mode.WAIT:
-        store_outcome(RRID(*rrid), value if ok else _Failed(failure))
+        outcome = value if ok else _Failed(failure)
+        store_outcome(RRID(*rrid), outcome)
         if mode == Mode.WAIT:
             _answer(link, msg_id, None, failure)
+        else:
+            _push(link, rrid, outcome)
     elif not ok:
         _print_failure(failure)
+
+
+# A remotecall's result up to this size is also sent to the caller at once, so fetching it
+# there costs no second round trip; bigger results stay on the owner until fetched (moving
+# them unasked could waste the bandwidth a user kept the data remote to save).
+PUSH_LIMIT = 1 << 16
+
+
+def _push(link, rrid, outcome) -> None:
+    body = dumps_small(outcome, link.peer, PUSH_LIMIT)
+    if body is not None:
+        _send_quietly(link, Kind.PUSH, body, (), 0, rrid)
 
 
 def _answer(link, msg_id: int, value, failure) -> None:
@@ -144,9 +159,9 @@ def _answer(link, msg_id: int, value, failure) -> None:
     _send_quietly(link, Kind.ERROR, body, (), msg_id)
 
 
-def _send_quietly(link, kind, body, buffers, msg_id) -> None:
+def _send_quietly(link, kind, body, buffers, msg_id, rrid=NO_RRID) -> None:
     try:
-        link.send(kind, body, buffers, msg_id=msg_id)
+        link.send(kind, body, buffers, msg_id=msg_id, rrid=rrid)
     except Exception:
         pass            # the caller is gone; nobody is waiting for this answer
 
@@ -205,6 +220,7 @@ def remotecall(func: Callable, pid, *args, **kwargs) -> Future:
         _lookup(rrid)
         STATE.runner.submit(_local_run, rrid, func, args, kwargs)
     else:
+        expect_push(fut)
         send_call(pid, Mode.FUTURE, func, args, kwargs, rrid)
     return fut
 

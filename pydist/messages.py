@@ -31,6 +31,7 @@ class Kind(enum.IntEnum):
     OFFER = 9         # joining worker -> master, before JOIN: who it is (body = dict)
     PING = 10         # liveness probe; answered by PONG
     PONG = 11
+    PUSH = 12         # callee -> caller: a small result of its remotecall Future `rrid` (body)
 
 
 class Mode(enum.IntEnum):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
+import weakref
 from typing import Any, Callable, NamedTuple
 
 from .channel import Channel
@@ -188,6 +189,25 @@ def _release_now(owner: int, rrid: RRID) -> None:
         _releases.put((owner, rrid))
 
 
+# remotecall Futures whose callee may PUSH their small result here (calls.py).
+_awaiting_push: "weakref.WeakValueDictionary[RRID, Future]" = weakref.WeakValueDictionary()
+
+
+def expect_push(fut: "Future") -> None:
+    _awaiting_push[fut.rrid] = fut
+
+
+def _on_push(link, mode, rrid, msg_id, body, buffers) -> None:
+    fut = _awaiting_push.pop(RRID(*rrid), None)
+    if fut is None or fut._v is not _UNSET:
+        return
+    try:
+        fut._v = loads(body, buffers)     # its count is released when it is fetched
+    except Exception:
+        pass                              # fetch will ask the owner instead
+
+
+STATE.handlers[Kind.PUSH] = _on_push
 STATE.handlers[Kind.ADD_CLIENT] = _on_add_client
 STATE.handlers[Kind.DEL_CLIENTS] = _on_del_clients
 STATE.exit_hooks.append(_drop_process)
@@ -347,6 +367,8 @@ class Future(_Ref):
                         self._held = True
                     raise
                 self._v = value
+        elif self._held and self._take_held():    # a pushed result, fetched now: let go
+            _release_now(self.where, self.rrid)
         return _unwrap(value)
 
     def put(self, value: Any) -> "Future":

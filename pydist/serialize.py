@@ -45,6 +45,24 @@ def after_pickling(action) -> None:
 
 def dumps(obj, dest: int | None = None) -> tuple[bytes, list[memoryview]]:
     """Pickle `obj` for process `dest`; returns the body and its out-of-band buffers."""
+    body, buffers, notices = _pickle(obj, dest)
+    for notice in notices:
+        notice()
+    return body, buffers
+
+
+def dumps_small(obj, dest: int, limit: int) -> bytes | None:
+    """`obj` pickled in at most `limit` bytes, with no out-of-band buffers and no Future or
+    RemoteChannel inside (so the copy holds nothing anywhere); else None."""
+    try:
+        body, buffers, notices = _pickle(obj, dest)
+    except Exception:
+        return None
+    return body if not buffers and not notices and len(body) <= limit else None
+
+
+def _pickle(obj, dest):
+    """(body, buffers, notices): the notices are to run only if the body is sent."""
     saved = (getattr(_context, "dest", None), getattr(_context, "pending", None))
     _context.dest = dest
     try:
@@ -62,9 +80,7 @@ def dumps(obj, dest: int | None = None) -> tuple[bytes, list[memoryview]]:
             out = io.BytesIO()
             cloudpickle.CloudPickler(out, protocol=5, buffer_callback=_out_of_band(buffers)).dump(obj)
             body = out.getvalue()
-        for action in _context.pending:
-            action()
-        return body, buffers
+        return body, buffers, _context.pending
     finally:
         _context.dest, _context.pending = saved
 
