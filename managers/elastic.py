@@ -58,14 +58,19 @@ class JoinListener:
             self._offers.append(config)
             self._cond.notify_all()
 
-    def next_offer(self, timeout: float | None,
-                   accept: Callable[[WorkerConfig], bool] | None = None) -> WorkerConfig | None:
+    def wake(self) -> None:
+        """Make every waiting next_offer look at its `stop` event."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def next_offer(self, timeout: float | None, accept: Callable[[WorkerConfig], bool] | None = None,
+                   stop: threading.Event | None = None) -> WorkerConfig | None:
         """The oldest offer `accept` takes (default: any), waiting up to `timeout` seconds
-        (None: for ever); None if none came."""
+        (None: for ever, or until `stop` is set and wake() called); None if none came."""
         accept = accept or (lambda config: True)
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0)
         with self._cond:
-            while True:
+            while stop is None or not stop.is_set():
                 for i, config in enumerate(self._offers):
                     if accept(config):
                         return self._offers.pop(i)
@@ -73,6 +78,7 @@ class JoinListener:
                 if remaining is not None and remaining <= 0:
                     return None
                 self._cond.wait(remaining)
+        return None
 
 
 _listeners: dict[tuple[str, int], JoinListener] = {}
@@ -96,15 +102,18 @@ class ElasticManager(ClusterManager):
     """Accepts workers that join by themselves (`python -m pydist.worker --join HOST:PORT`).
 
     n: workers addprocs waits for; timeout: seconds to wait for them; keep_accepting: add
-    workers that join after addprocs returned, in the background."""
+    workers that join after addprocs returned, in the background, until `stop()`.
+    port=0 gives this manager a listener of its own on a free port; a fixed port is shared
+    with the other managers that listen there (each takes only the offers it recognises)."""
 
     def __init__(self, n: int = 0, host: str = "0.0.0.0", port: int = DEFAULT_PORT,
                  advertise: str | None = None, timeout: float = 60.0, keep_accepting: bool = False):
         self.n = n
         self.timeout = timeout
         self.keep_accepting = keep_accepting
-        self.listener = join_listener(host, port, advertise)
+        self.listener = join_listener(host, port, advertise) if port else JoinListener(host, 0, advertise)
         self._background: threading.Thread | None = None
+        self._stopped = threading.Event()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -130,9 +139,16 @@ class ElasticManager(ClusterManager):
                                                 daemon=True)
             self._background.start()
 
+    def stop(self) -> None:
+        """Stop adding workers that join late; those already added stay."""
+        self._stopped.set()
+        self.listener.wake()
+
     def _accept_late(self) -> None:
-        while True:
-            config = self.listener.next_offer(None, self.listener.unclaimed)
+        while not self._stopped.is_set():
+            config = self.listener.next_offer(None, self.listener.unclaimed, self._stopped)
+            if config is None:
+                continue
             try:
                 addprocs(_Joined(self, config))
             except Exception as err:

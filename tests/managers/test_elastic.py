@@ -47,6 +47,7 @@ def test_keep_accepting_adds_workers_that_join_later(cookie_file):
     wait_until(lambda: len(workers()) == 2 and workers()[0] != 1, timeout=30, what="the late worker to join")
     late = workers()[1]
     assert late > first and remotecall_fetch(myid, late) == late
+    manager.stop()
 
 
 def test_too_few_joins_is_a_launch_error(cookie_file):
