@@ -137,6 +137,30 @@ def test_container_killed_mid_call_raises_process_exited(client, docker_workers)
     assert remotecall_fetch(myid, other) == other
 
 
+@pytest.mark.docker
+def test_container_cut_off_its_network_is_declared_dead_by_the_heartbeat(client):
+    from pydist.process import configure_heartbeat
+    from pydist import settings
+    old = settings.HEARTBEAT_TIMEOUT, settings.HEARTBEAT_INTERVAL
+    network = client.networks.create(f"pydist-cut-{os.getpid()}", labels={"pydist.ci": "1"})
+    try:
+        [victim] = addprocs(DockerManager(n=1, image=IMAGE, network=network.name),
+                            heartbeat_timeout=2.0)
+        pending = remotecall(time.sleep, victim, 60)
+        (container,) = cluster_containers(client, pid=victim)
+        started = time.monotonic()
+        network.disconnect(container, force=True)          # packets vanish: no FIN, no RST
+        with pytest.raises(ProcessExitedException):
+            fetch(pending)
+        assert time.monotonic() - started < 15
+        assert victim not in workers()
+    finally:
+        rmprocs(*[p for p in workers() if p != 1], waitfor=30)
+        configure_heartbeat(*old)
+        wait_until(lambda: not cluster_containers(client), 30, "the cut-off container to be removed")
+        network.remove()
+
+
 DRIVER = """
 import json, os
 from pydist import addprocs, myid, remotecall_fetch, rmprocs
