@@ -32,7 +32,8 @@ from .errors import LaunchError
 from .manager import ClusterManager, WorkerConfig, default_addprocs_params, reap, stop_process
 from .messages import Kind
 from .process import (STATE, WorkerInfo, add_members, call_fetch, cluster_cookie, myid,
-                      configure_heartbeat, on_close, on_frame, peer_exited, secure, workers)
+                      configure_heartbeat, on_close, on_frame, peer_exited, secure, start_heartbeat,
+                      workers)
 from .serialize import dumps, loads
 from .transport import Link, handshake
 from .worker import parse_address
@@ -310,6 +311,7 @@ def _setup_one(manager, config: WorkerConfig, params: dict, added: list, failure
         if relay is not None:
             relay.pid = pid
         link.start(f"pydist-reader-{pid}")
+        start_heartbeat()
         manager.manage(pid, config, "register")
         added.append(pid)
     except Exception as err:

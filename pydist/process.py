@@ -305,7 +305,7 @@ def register_link(link: Link) -> None:
     if old is not None and old is not link:
         log.warning("pydist: replacing the link to process %s", link.peer)
     link.start(f"pydist-reader-{link.peer}")
-    _start_heartbeat()
+    start_heartbeat()
 
 
 def secure(sock: socket.socket, server: bool) -> socket.socket:
@@ -458,10 +458,10 @@ def configure_heartbeat(timeout: float, interval: float | None = None) -> None:
     settings.HEARTBEAT_TIMEOUT = float(timeout)
     settings.HEARTBEAT_INTERVAL = float(timeout) / 4 if interval is None else float(interval)
     _heartbeat_wake.set()
-    _start_heartbeat()
+    start_heartbeat()
 
 
-def _start_heartbeat() -> None:
+def start_heartbeat() -> None:
     if STATE._heartbeat is not None or settings.HEARTBEAT_TIMEOUT <= 0:
         return
     with STATE.cond:
