@@ -30,10 +30,9 @@ How one launch goes (`JobManager.launch`, on addprocs's `pydist-launch` thread):
    (atexit), and the workers exit on their own when their master link drops.
 
 Walltime: with `walltime_margin` set, the watcher keeps reading the job's end time and, once
-`walltime_margin` seconds are left, removes the job's workers with `rmprocs(pid, waitfor=0)`
-(a warning is logged), so they leave before the scheduler kills them.  A call still running
-on such a worker fails with ProcessExitedException: the core has no way yet to stop lending
-one worker from the default pool and wait for its running calls (see docs/managers/slurm.md).
+`walltime_margin` seconds are left, retires the job's workers (a warning is logged): the
+default pool lends them no more work, the calls they run may finish during the first half of
+the margin, then they are removed — so they leave cleanly before the scheduler kills them.
 
 Threads: `pydist-jobs-poll`, the watcher, is started by the first job and owned by this
 module; it sleeps on `_lock` until the next job is due, then makes one `poll` call per backend
@@ -57,7 +56,8 @@ import threading
 import time
 from typing import Any
 
-from pydist import ClusterManager, LaunchError, WorkerConfig, cluster_cookie, rmprocs
+from pydist import ClusterManager, LaunchError, WorkerConfig, cluster_cookie
+from pydist.pools import retire_worker
 
 from ._base import CommandError
 from .elastic import join_listener
@@ -385,7 +385,9 @@ def _poll_batch(jobs: list[_Job]) -> None:
         log.warning("pydist: %s %s reaches its time limit in %.0f s (walltime_margin=%.0f): removing "
                     "its workers %s", job.manager.job_kind, job.job_id, max(end - time.time(), 0),
                     job.manager.walltime_margin, pids)
-        rmprocs(*pids, waitfor=0)       # the last deregister then cancels the job
+        for pid in pids:                # the last deregister then cancels the job
+            threading.Thread(target=retire_worker, args=(pid, job.manager.walltime_margin / 2),
+                             name=f"pydist-retire-{pid}", daemon=True).start()
 
 
 # -- ending jobs ----------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from .serialize import dumps, dumps_small, loads
 log = logging.getLogger("pydist")
 
 # -- interrupting running calls ------------------------------------------------------------
-_running_lock = threading.Lock()     # guards _running and _interrupted
+_running_lock = threading.Condition()  # guards _running and _interrupted; notified when a call ends
 _running: set[int] = set()           # thread ids running a user function now
 _interrupted: set[int] = set()       # of those, the ones already sent a KeyboardInterrupt
 _wakeups: dict[int, threading.Event] = {}   # thread id -> Event an interruptible sleep waits on
@@ -51,6 +51,13 @@ def interrupt_calls() -> int:
             if event is not None:
                 event.set()
     return len(targets)
+
+
+@internal
+def wait_idle(timeout: float) -> bool:
+    """Block until this process runs no user call (up to `timeout` s); True if it is idle."""
+    with _running_lock:
+        return _running_lock.wait_for(lambda: not _running, timeout)
 
 
 def interruptible_sleep(seconds: float) -> None:
@@ -82,6 +89,7 @@ def _run_user(func: Callable, args, kwargs):
             if tid in _interrupted:
                 _interrupted.discard(tid)
                 _set_async_exc(tid, None)     # cancel an interrupt not delivered yet
+            _running_lock.notify_all()
 
 
 

@@ -273,6 +273,19 @@ def _add_to_default(pids: list[int]) -> None:
 cluster._added_hooks.append(_add_to_default)
 
 
+def retire_worker(pid: int, timeout: float) -> None:
+    """Let worker `pid` leave cleanly: the default pool lends it no more, the calls it runs
+    may finish (up to `timeout` seconds), then it is removed (a walltime about to run out)."""
+    from .cluster import rmprocs
+    from .calls import wait_idle
+    default_worker_pool().retire(pid)
+    try:
+        remotecall_fetch(wait_idle, pid, timeout)
+    except Exception:
+        pass                        # gone already, or stuck: it is removed all the same
+    rmprocs(pid, waitfor=0)
+
+
 def remote(func: Callable, pool: AbstractWorkerPool | None = None) -> Callable:
     """A function that runs `func` on a worker of `pool` (default: the default pool) and
     returns the result (Julia: remote)."""

@@ -24,7 +24,7 @@ from conftest import wait_until
 from infra import require, slurm_running      # tests/ is on sys.path (no tests/__init__.py)
 
 from managers.slurm import SlurmManager
-from pydist import (LaunchError, addprocs, cluster_cookie, default_addprocs_params, myid, pmap,
+from pydist import (LaunchError, addprocs, cluster_cookie, default_addprocs_params, myid, pmap, remotecall,
                     remotecall_fetch, rmprocs, workers)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -289,6 +289,8 @@ def test_workers_are_removed_walltime_margin_seconds_before_the_time_limit(slurm
     caplog.set_level(logging.WARNING, logger="pydist")
     # A 1-minute job whose margin is 55 s: its worker is removed about 5 s after it starts.
     [pid] = addprocs(manager(slurm, n=1, time="1", walltime_margin=55))
-    wait_for(lambda: pid not in workers(), 30, f"worker {pid} to be removed at the walltime margin")
+    running = remotecall(lambda: (__import__("time").sleep(8), "finished")[1], pid)
+    wait_for(lambda: pid not in workers(), 40, f"worker {pid} to be removed at the walltime margin")
+    assert running.fetch() == "finished"          # the call it was running was let finish
     wait_for(lambda: not squeue_ids(name), 30, "the job to be cancelled after its worker left")
     assert "reaches its time limit" in caplog.text
