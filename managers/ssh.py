@@ -26,15 +26,13 @@ Threads: `pydist-ssh_N` (the launch pool: at most max_parallel connects and star
 `pydist-ssh-watch-<ident>` (one per worker until it registers or is stopped),
 `pydist-ssh-tunnel-<pid>-up/-down` (per tunnelled link, until either end closes), and the
 threads paramiko runs per connection.
+
+What paramiko lacks of OpenSSH (sshflags, ~/.ssh/config, known_hosts patterns) is in _openssh.py.
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import getpass
-import hashlib
-import ipaddress
 import logging
 import os
 import re
@@ -56,25 +54,17 @@ from pydist.manager import ask_to_exit
 from pydist.worker import parse_address
 
 from ._base import worker_argv, worker_env
+from ._openssh import (_HostKeyError, _HostKeyPolicy, _Target, _load_ssh_config, _parse_sshflags,
+                       _resolve, parse_machine)
 
 log = logging.getLogger("pydist")
 
 PID_MARKER = "pydist_ssh_pid:"
-# Default ConnectTimeout: long enough for a busy login node, short enough that a host that
-# is down fails addprocs promptly instead of stalling it.
-CONNECT_TIMEOUT = 15.0
 # Slack on the core's own timers (it starts them a moment after launch hands a worker over)
 # before a watcher decides the core gave up on a worker and stops it.
 GRACE = 1.0
-DEFAULT_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
-GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
-# OpenSSH options understood in sshflags (-o Key=Value) and ~/.ssh/config.
-OPTIONS = ("BatchMode", "Compression", "ConnectTimeout", "GlobalKnownHostsFile", "HostName",
-           "IdentitiesOnly", "IdentityFile", "Port", "ProxyCommand", "ProxyJump",
-           "ServerAliveInterval", "StrictHostKeyChecking", "User", "UserKnownHostsFile", "LogLevel")
-_FLAGS = {"-i": "identityfile", "-p": "port", "-l": "user", "-J": "proxyjump", "-F": "configfile"}
-_SWITCHES = {"-C": ("compression", "yes"), "-q": None, "-T": None}
-_known_hosts_lock = threading.Lock()    # guards appending to known_hosts files (accept-new)
+# What reading or writing a channel raises once it or its connection is gone.
+_CLOSED = (OSError, EOFError, paramiko.SSHException)
 
 
 class _StartError(Exception):
@@ -91,28 +81,6 @@ class _Machine:
     count: int | str        # a number of workers or "auto"
 
 
-@dataclasses.dataclass
-class _Target:
-    """Everything one SSH connection needs, after the machine spec, sshflags and ssh_config."""
-    host: str
-    port: int
-    user: str
-    key_files: list[str]
-    identities_only: bool
-    known_hosts: list[str]      # user files; new keys go to the first one
-    global_known_hosts: list[str]
-    strict: str                 # StrictHostKeyChecking: yes, accept-new or no
-    timeout: float
-    compress: bool
-    keepalive: int
-    proxy_command: str | None
-    jumps: list["_Target"]
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.user}@{host}:{self.port}"
-
-
 class SSHManager(ClusterManager):
     """Workers on the given machines, started over SSH: `addprocs(["host", "user@host:2222",
     ("host", 4), ("host", "auto")], **kw)` builds one (Julia: SSHManager)."""
@@ -124,37 +92,7 @@ class SSHManager(ClusterManager):
         self.machines = [self._parse_entry(m) for m in ([machines] if isinstance(machines, str) else machines)]
 
     # -- machine specs (no I/O) ---------------------------------------------------------------
-    @staticmethod
-    def parse_machine(machine: str) -> tuple[str, int | None]:
-        """(host, port or None) of `"[user@]host[:port]"`; IPv6 in brackets when a port
-        follows (`"[::1]:2222"`).  A bind address after a space is ignored here.  Raises
-        ValueError naming the bad text for a bad port or bracket."""
-        text = machine.split(None, 1)[0] if machine.strip() else ""
-        hostport = text.rpartition("@")[2]
-        if hostport.startswith("["):
-            host, sep, rest = hostport[1:].partition("]")
-            if not sep:
-                raise ValueError(f"machine {machine!r}: {hostport!r} has no closing ']'")
-            if rest and not rest.startswith(":"):
-                raise ValueError(f"machine {machine!r}: {rest!r} after ']' is not ':PORT'")
-            port_text = rest[1:] if rest else None
-        elif hostport.count(":") > 1:       # a bare IPv6 address, without a port
-            host, port_text = hostport, None
-            try:
-                ipaddress.IPv6Address(host)
-            except ValueError:
-                raise ValueError(f"machine {machine!r}: {host!r} is not an IPv6 address; write "
-                                 "[ADDRESS]:PORT to give an IPv6 address with a port") from None
-        else:
-            host, sep, port_text = hostport.partition(":")
-            port_text = port_text if sep else None
-        if not host:
-            raise ValueError(f"machine {machine!r}: no host name")
-        if port_text is None:
-            return host, None
-        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-            raise ValueError(f"machine {machine!r}: bad port {port_text!r} (expected 1-65535)")
-        return host, int(port_text)
+    parse_machine = staticmethod(parse_machine)     # "[user@]host[:port]" -> (host, port or None)
 
     @classmethod
     def _parse_entry(cls, entry) -> _Machine:
@@ -272,10 +210,11 @@ class SSHManager(ClusterManager):
                 channel.close()
             conn.release()
             raise
-        remote = _Remote(ident, conn, channel, pgid, host.machine.bind, bool(params.get("tunnel")))
+        tunnel = bool(params.get("tunnel"))
+        remote = _Remote(ident, conn, channel, pgid, host.machine.bind, tunnel)
         config = WorkerConfig(io=_Output(out, early, remote), host=host.target.host, ident=ident,
                               count=host.count, exename=params.get("exename"),
-                              exeflags=params.get("exeflags"), tunnel=bool(params.get("tunnel")),
+                              exeflags=params.get("exeflags"), tunnel=tunnel,
                               multiplex=bool(params.get("multiplex")), sshflags=params.get("sshflags"),
                               max_parallel=params.get("max_parallel"), userdata=remote)
         threading.Thread(target=remote.watch, args=(float(params["worker_timeout"]),),
@@ -319,6 +258,15 @@ class SSHManager(ClusterManager):
 
     def __repr__(self) -> str:
         return f"SSHManager({[m.spec if m.count == 1 else (m.spec, m.count) for m in self.machines]!r})"
+
+
+def _shell_path(path: str) -> str:
+    """shlex.quote, except that a leading ~ still means the remote home directory."""
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
 
 
 # -- connections ---------------------------------------------------------------------------------
@@ -389,9 +337,8 @@ class _Connection:
 
 def _client(target: _Target, sock) -> paramiko.SSHClient:
     client = paramiko.SSHClient()
-    for path in target.known_hosts + target.global_known_hosts:
-        if os.path.isfile(path):
-            client.load_system_host_keys(path)
+    for path in target.known_hosts_files():
+        client.load_system_host_keys(path)
     client.set_missing_host_key_policy(_HostKeyPolicy(target))
     keys = [k for k in target.key_files if os.path.isfile(k)]
     for missing in set(target.key_files) - set(keys):
@@ -414,183 +361,6 @@ def _client(target: _Target, sock) -> paramiko.SSHClient:
     if target.keepalive:
         client.get_transport().set_keepalive(target.keepalive)
     return client
-
-
-class _HostKeyError(paramiko.SSHException):
-    """The host key is unknown (and new keys are not accepted) or differs from the known one."""
-
-
-class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
-    """OpenSSH's StrictHostKeyChecking for a host paramiko found no entry for.  paramiko
-    matches names exactly, so known_hosts lines with patterns (`*`, `?`, `!`) are checked
-    here; then `yes` refuses, `accept-new` appends the key to the first known_hosts file and
-    `no` accepts it for this connection only."""
-
-    def __init__(self, target: _Target):
-        self.target = target
-
-    def missing_host_key(self, client, hostname: str, key) -> None:
-        fingerprint = "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
-        files = [f for f in self.target.known_hosts + self.target.global_known_hosts if os.path.isfile(f)]
-        verdict = _pattern_verdict(files, hostname, key)
-        if verdict == "changed":
-            raise _HostKeyError(f"the host key of {hostname} ({key.get_name()} {fingerprint}) differs from "
-                                f"the one known_hosts lists for it: the host was reinstalled, or someone "
-                                f"is in between. Check with its administrator, then fix the known_hosts "
-                                f"entry ({', '.join(files)})")
-        if verdict == "known":
-            return
-        if self.target.strict == "accept-new":
-            path = self.target.known_hosts[0]
-            with _known_hosts_lock:
-                os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
-                with open(path, "a") as f:
-                    f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
-            log.warning("pydist: added the host key of %s (%s %s) to %s", hostname, key.get_name(),
-                        fingerprint, path)
-            return
-        if self.target.strict in ("no", "off"):
-            log.warning("pydist: accepting the unknown host key of %s (%s %s) without checking "
-                        "(StrictHostKeyChecking=no)", hostname, key.get_name(), fingerprint)
-            return
-        host, _, port = hostname.strip("[").partition("]:")
-        scan = f"ssh-keyscan {'-p ' + port + ' ' if port else ''}{host}"
-        raise _HostKeyError(f"the host key of {hostname} ({key.get_name()} {fingerprint}) is not in "
-                            f"known_hosts ({', '.join(files) or 'none of ' + ', '.join(self.target.known_hosts) + ' exists'}). "
-                            f"Check the fingerprint and add it (`{scan} >> ~/.ssh/known_hosts`), pass "
-                            "known_hosts=FILE, or trust it on first use with accept_new_host_keys=True")
-
-
-def _pattern_verdict(files: list[str], hostname: str, key) -> str | None:
-    """"known" or "changed" if a wildcard known_hosts line matches `hostname`, else None."""
-    verdict = None
-    for path in files:
-        with open(path, errors="replace") as f:
-            for line in f:
-                fields = line.split()
-                marker = fields.pop(0) if fields and fields[0].startswith("@") else None
-                if len(fields) < 3 or fields[0].startswith("#"):
-                    continue
-                patterns = fields[0]
-                if marker == "@cert-authority" or patterns.startswith("|") or not re.search(r"[*?!]", patterns) \
-                        or not _host_matches(patterns, hostname) or fields[1] != key.get_name():
-                    continue
-                same = fields[2] == key.get_base64()
-                if marker == "@revoked":
-                    if same:
-                        return "changed"
-                    continue
-                verdict = "known" if same else (verdict or "changed")
-    return verdict
-
-
-def _host_matches(patterns: str, name: str) -> bool:
-    """OpenSSH host pattern lists: `*` and `?` wildcards, `!` negates, comma separated."""
-    hit = False
-    for pattern in patterns.split(","):
-        negated = pattern.startswith("!")
-        body = pattern[1:] if negated else pattern
-        regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in body)
-        if re.fullmatch(regex, name, re.IGNORECASE):
-            if negated:
-                return False
-            hit = True
-    return hit
-
-
-# -- options: sshflags, ssh_config ---------------------------------------------------------------
-def _parse_sshflags(flags: Sequence[str] | str) -> dict[str, list[str]]:
-    """sshflags as OpenSSH options, {lower-case name: [values in the order given]}.  Raises
-    ValueError for a flag or option SSHManager does not implement (rather than ignore it)."""
-    flags = shlex.split(flags) if isinstance(flags, str) else [str(f) for f in flags]
-    known = {o.lower(): o for o in OPTIONS}
-    out: dict[str, list[str]] = {}
-    words = iter(flags)
-    for flag in words:
-        if flag in _SWITCHES:
-            if _SWITCHES[flag]:
-                out.setdefault(_SWITCHES[flag][0], []).append(_SWITCHES[flag][1])
-            continue
-        short = flag[:2]
-        if short == "-o" or short in _FLAGS:
-            value = flag[2:] or next(words, None)
-            if value is None:
-                raise ValueError(f"sshflags: {flag} needs a value")
-            if short == "-o":
-                name, sep, value = value.partition("=")
-                if not sep:
-                    name, _, value = name.strip().partition(" ")
-                name = name.strip().lower()
-                if name not in known:
-                    raise ValueError(f"sshflags: -o {name} is not supported; SSHManager understands "
-                                     f"-o {', '.join(OPTIONS)}")
-            else:
-                name = _FLAGS[short]
-            out.setdefault(name, []).append(value.strip())
-            continue
-        raise ValueError(f"sshflags: {flag!r} is not supported; SSHManager understands -i FILE, -p PORT, "
-                         "-l USER, -J JUMP, -F CONFIG, -C, -q, -T and -o Key=Value")
-    return out
-
-
-def _load_ssh_config(path: str | None):
-    if not path:
-        return None
-    path = os.path.expanduser(path)
-    return paramiko.SSHConfig.from_path(path) if os.path.isfile(path) else None
-
-
-def _resolve(alias: str, user: str | None, port: int | None, params: dict, options: dict, config,
-             jump: bool = False) -> _Target:
-    """A machine's connection settings; first found wins: the machine spec, sshflags, the
-    addprocs keywords, ssh_config, OpenSSH's defaults."""
-    found = config.lookup(alias) if config is not None else {"hostname": alias}
-
-    def pick(name, default=None):
-        if name in options and not (jump and name in ("port", "user", "hostname")):
-            return options[name][0]
-        value = found.get(name, default)
-        return value[0] if isinstance(value, list) and name != "identityfile" else value
-
-    def files(value) -> list[str]:
-        value = [value] if isinstance(value, str) else list(value)
-        return [os.path.expanduser(p) for v in value for p in str(v).split()]
-
-    strict = options.get("stricthostkeychecking", [None])[0] or (
-        "accept-new" if params.get("accept_new_host_keys") else found.get("stricthostkeychecking", "yes"))
-    strict = {"true": "yes", "ask": "yes", "false": "no"}.get(strict.lower(), strict.lower())
-    known = (options.get("userknownhostsfile", [None])[0] or params.get("known_hosts")
-             or found.get("userknownhostsfile") or DEFAULT_KNOWN_HOSTS)
-    hops = pick("proxyjump")
-    jumps = [] if jump or not hops or hops == "none" else [
-        _resolve(*_split_hop(hop), params, options, config, jump=True) for hop in hops.split(",")]
-    proxy = pick("proxycommand")
-    return _Target(
-        host=pick("hostname", alias),
-        port=int(port or pick("port", 22)),
-        user=user or pick("user") or getpass.getuser(),
-        key_files=files(options.get("identityfile", [])) + files(found.get("identityfile", [])),
-        identities_only=str(pick("identitiesonly", "no")).lower() == "yes",
-        known_hosts=files(known), global_known_hosts=files(pick("globalknownhostsfile") or GLOBAL_KNOWN_HOSTS),
-        strict=strict, timeout=float(pick("connecttimeout") or CONNECT_TIMEOUT),
-        compress=str(pick("compression", "no")).lower() == "yes",
-        keepalive=int(pick("serveraliveinterval") or 0),
-        proxy_command=None if not proxy or proxy == "none" else proxy, jumps=jumps)
-
-
-def _split_hop(hop: str) -> tuple[str, str | None, int | None]:
-    """(host, user, port) of one ProxyJump hop, `[user@]host[:port]`."""
-    host, port = SSHManager.parse_machine(hop.strip())
-    return host, hop.strip().rpartition("@")[0] or None, port
-
-
-def _shell_path(path: str) -> str:
-    """shlex.quote, except that a leading ~ still means the remote home directory."""
-    if path == "~":
-        return '"$HOME"'
-    if path.startswith("~/"):
-        return '"$HOME"/' + shlex.quote(path[2:])
-    return shlex.quote(path)
 
 
 # -- one worker ------------------------------------------------------------------------------------
@@ -648,7 +418,7 @@ class _Output:
             return self._early.pop(0)
         try:
             line = self._file.readline()
-        except (OSError, EOFError, paramiko.SSHException):
+        except _CLOSED:
             line = b""
         if not line:
             self._remote.note(eof=True)
@@ -744,7 +514,7 @@ def _bridge(sock: socket.socket, channel, name: str) -> None:
         try:
             while data := recv(1 << 16):
                 send(data)
-        except (OSError, EOFError, paramiko.SSHException):
+        except _CLOSED:
             pass
         finally:
             close()
