@@ -196,9 +196,11 @@ class Runner:
                 log("!!! " + msg)
         self.peers[name]["leftovers"] += self._cleanup(mod, tracker, name)
 
-    def run(self):
+    def run(self, after_each_peer=None):
         for name in self.peer_names:
             self.run_peer(name)
+            if after_each_peer is not None:
+                after_each_peer()
 
 
 def main(argv=None) -> int:
@@ -225,19 +227,28 @@ def main(argv=None) -> int:
     })
     t0 = time.perf_counter()
     runner = Runner(cfg, args.cases, args.peers, args.quiet_wait)
-    try:
-        runner.run()
-    finally:
+    path = args.json or os.path.join(RESULTS, f"{stamp}.json")
+
+    def save(final=False):
+        # written after every peer too, so an interrupted run keeps what it measured
         meta["wall_s"] = time.perf_counter() - t0
+        meta["complete"] = final
         doc = {"meta": meta, "peers": runner.peers, "results": runner.results,
                "problems": runner.problems}
         doc["targets"] = report.targets(doc)
-        os.makedirs(RESULTS, exist_ok=True)
-        path = args.json or os.path.join(RESULTS, f"{stamp}.json")
-        for p in {path, os.path.join(RESULTS, "latest.json")}:
-            os.makedirs(os.path.dirname(os.path.abspath(p)), exist_ok=True)
-            with open(p, "w") as f:
+        for p in {os.path.abspath(path), os.path.join(RESULTS, "latest.json")}:
+            os.makedirs(os.path.dirname(p), exist_ok=True)
+            with open(p + ".tmp", "w") as f:
                 json.dump(doc, f, indent=1, default=str)
+            os.replace(p + ".tmp", p)
+        return doc
+
+    completed = False
+    try:
+        runner.run(after_each_peer=save)
+        completed = True
+    finally:
+        doc = save(final=completed)
     print(report.render(doc))
     print(f"results: {path}  (wall {meta['wall_s']:.0f} s)")
     if runner.failed:

@@ -15,9 +15,13 @@ class Config:
     throughput_tasks: int = 20_000
     throughput_warmup_tasks: int = 500
     throughput_reps: int = 3
+    # a peer slower than this per case stops repeating (at least one timed run is
+    # always made; the number of runs is in the results): 20,000 unbatched tasks
+    # take minutes on some peers and the median of 3 would add nothing but time
+    throughput_budget_s: float = 60.0
     # bigdata: a float64 array of this many bytes each way
     bigdata_bytes: int = 100_000_000
-    bigdata_warmup: int = 1
+    bigdata_warmup: int = 2
     bigdata_reps: int = 5
     # startup: from nothing to n workers ready, then teardown
     startup_reps: int = 5
@@ -25,6 +29,7 @@ class Config:
     fanout_calls: int = 400
     fanout_warmup: int = 2
     fanout_reps: int = 20
+    fanout_budget_s: float = 30.0
     # scale: addprocs(scale_n) then one call to each, against the same for `workers`
     scale_n: int = 32
     scale_reps: int = 3
@@ -47,7 +52,7 @@ def quick() -> Config:
     return Config(
         latency_warmup=20, latency_calls=200,
         throughput_tasks=500, throughput_warmup_tasks=50, throughput_reps=1,
-        bigdata_bytes=10_000_000, bigdata_reps=2,
+        bigdata_bytes=10_000_000, bigdata_warmup=1, bigdata_reps=2,
         startup_reps=1,
         fanout_warmup=1, fanout_reps=2,
         scale_reps=1, scale_idle_settle_s=0.3,

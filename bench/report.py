@@ -120,13 +120,14 @@ def throughput_table(doc, md=False):
     for peer in _peers(doc):
         st = status_of(doc, "throughput", peer)
         if st:
-            out.append([peer, "", st, "", "", ""])
+            out.append([peer, "", st, "", "", "", ""])
             continue
         for r in case_rows(doc, "throughput", peer):
             base = row(doc, "throughput", PYDIST, r["key"])
             out.append([peer, r["key"], r["label"], _num(r["tasks_per_s"], ",.0f"), sec(r["seconds"]),
+                        r["reps"],
                         "" if peer == PYDIST else ratio_text(r["seconds"], base and base["seconds"])])
-    return table(["peer", "kind", "map", "tasks/s", "seconds", "peer/pydist (time)"], out, md)
+    return table(["peer", "kind", "map", "tasks/s", "seconds", "runs", "peer/pydist (time)"], out, md)
 
 
 def bigdata_table(doc, md=False):
@@ -135,14 +136,15 @@ def bigdata_table(doc, md=False):
     for peer in _peers(doc):
         st = status_of(doc, "bigdata", peer)
         if st:
-            out.append([peer, st] + [""] * 6)
+            out.append([peer, st] + [""] * 8)
             continue
         r = row(doc, "bigdata", peer)
         out.append([peer, r["label"], sec(r["to_worker_s"]), _num(r["to_worker_gbps"], ".2f"),
-                    sec(r["back_s"]), _num(r["back_gbps"], ".2f"),
+                    _num(r.get("best_to_worker_gbps"), ".2f"),
+                    sec(r["back_s"]), _num(r["back_gbps"], ".2f"), _num(r.get("best_back_gbps"), ".2f"),
                     "" if peer == PYDIST else ratio_text(r["to_worker_s"], base and base["to_worker_s"]),
                     "" if peer == PYDIST else ratio_text(r["back_s"], base and base["back_s"])])
-    return table(["peer", "how", "to worker s", "GB/s", "back s", "GB/s",
+    return table(["peer", "how", "to worker s", "GB/s", "best GB/s", "back s", "GB/s", "best GB/s",
                   "peer/pydist to worker", "peer/pydist back"], out, md)
 
 
@@ -170,13 +172,13 @@ def fanout_table(doc, md=False):
     for peer in _peers(doc):
         st = status_of(doc, "fanout", peer)
         if st:
-            out.append([peer, st, "", "", ""])
+            out.append([peer, st, "", "", "", ""])
             continue
         r = row(doc, "fanout", peer)
-        out.append([peer, r["label"], ms(r["median_s"]), _num(r["calls_per_s"], ",.0f"),
+        out.append([peer, r["label"], ms(r["median_s"]), _num(r["calls_per_s"], ",.0f"), r["reps"],
                     "" if peer == PYDIST else ratio_text(r["median_s"], base and base["median_s"])])
     calls = doc["meta"]["config"]["fanout_calls"]
-    return table(["peer", "calls", f"{calls} calls ms", "calls/s", "peer/pydist (time)"], out, md)
+    return table(["peer", "calls", f"{calls} calls ms", "calls/s", "runs", "peer/pydist (time)"], out, md)
 
 
 def scale_table(doc, md=False):
