@@ -99,6 +99,7 @@ class _Run:
         self.remaining = len(items)
         self.error: BaseException | None = None
         self.drivers = 0
+        self.progress = progress
         self.bar = tqdm(total=len(items), disable=not progress, unit="task")
 
     # -- the caller's thread -----------------------------------------------------------------
@@ -183,17 +184,21 @@ class _Run:
             for item in batch:
                 self._element_failed(item, error)
             return
+        done = 0
         for item, value in zip(batch, values):
             if isinstance(value, _ElementFailed):
                 self._element_failed(item, value.exc)
             else:
-                self._element_done(item, value)
+                self.results[item.index] = value
+                done += 1
+        if done:
+            self._elements_done(done)
 
-    def _element_done(self, item: _Item, value) -> None:
-        self.results[item.index] = value
-        self.bar.update(1)
+    def _elements_done(self, count: int) -> None:
+        if self.progress:
+            self.bar.update(count)
         with self.cond:
-            self.remaining -= 1
+            self.remaining -= count
             if not self.remaining:
                 self.cond.notify_all()
 
