@@ -54,30 +54,52 @@ class TopologyError(ConnectionError):
 
 
 class _Runner:
-    """Runs every submitted function on a thread of its own, reusing idle threads.
+    """Runs submitted functions (incoming calls, link readers) on threads, reusing idle ones.
 
-    There is no upper bound on purpose: a call that blocks (a take on an empty channel, a
-    call back into its caller) must never keep another call from running."""
+    Up to SOFT_LIMIT threads start as soon as work has no idle thread.  Past that, work waits
+    in a backlog, and the thread `pydist-runner-watch` starts one more thread each
+    STARVATION_CHECK seconds in which no work finished: calls blocked for good (a take on an
+    empty channel, a call back into its caller) still never keep another call from running,
+    while a burst of quick calls does not start a thread per call."""
 
     IDLE_SECONDS = 30.0      # an idle thread lingers this long for the next call
+    SOFT_LIMIT = 32          # threads started at once; more only when work is starved
+    STARVATION_CHECK = 0.05  # short: a starved call waits this long per extra thread
 
     def __init__(self):
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._lock = threading.Lock()        # guards _idle and _started
-        self._idle = 0
+        self._lock = threading.Condition()   # guards _idle, _alive, _backlog, _done, _started
+        self._idle = 0         # threads waiting for work that nobody has claimed
+        self._alive = 0        # threads running or waiting
+        self._backlog = 0      # queued work no thread is claimed for yet
+        self._done = 0         # work finished so far (progress, for the watch)
         self._started = 0
+        self._watch: threading.Thread | None = None
 
     def submit(self, fn, *args) -> None:
+        spawn = False
         with self._lock:
-            spawn = self._idle == 0
-            if spawn:
-                self._started += 1
-                number = self._started
-            else:
+            if self._idle:
                 self._idle -= 1
+            elif self._alive < self.SOFT_LIMIT:
+                spawn = True
+                self._alive += 1
+            else:
+                self._backlog += 1
+                self._lock.notify()
+                if self._watch is None:
+                    self._watch = threading.Thread(target=self._watch_backlog, daemon=True,
+                                                   name="pydist-runner-watch")
+                    self._watch.start()
         self._queue.put((fn, args))
         if spawn:
-            threading.Thread(target=self._loop, name=f"pydist-call-{number}", daemon=True).start()
+            self._spawn()
+
+    def _spawn(self) -> None:
+        with self._lock:
+            self._started += 1
+            number = self._started
+        threading.Thread(target=self._loop, name=f"pydist-call-{number}", daemon=True).start()
 
     def _loop(self) -> None:
         while True:
@@ -87,6 +109,7 @@ class _Runner:
                 with self._lock:
                     if self._idle > 0:          # nobody claimed this thread: retire it
                         self._idle -= 1
+                        self._alive -= 1
                         return
                 continue                        # claimed just now: its work is on the way
             try:
@@ -94,7 +117,26 @@ class _Runner:
             except BaseException:               # a stray interrupt must not kill the thread
                 log.exception("pydist: a call handler failed")
             with self._lock:
-                self._idle += 1
+                self._done += 1
+                if self._backlog:
+                    self._backlog -= 1          # take waiting work: stay claimed
+                else:
+                    self._idle += 1
+
+    def _watch_backlog(self) -> None:
+        with self._lock:
+            while True:
+                self._lock.wait_for(lambda: self._backlog > 0)
+                done = self._done
+                self._lock.wait(self.STARVATION_CHECK)
+                if self._backlog and self._done == done:     # nothing finished: starved
+                    self._backlog -= 1
+                    self._alive += 1
+                    self._lock.release()
+                    try:
+                        self._spawn()
+                    finally:
+                        self._lock.acquire()
 
 
 class _State:

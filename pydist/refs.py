@@ -202,9 +202,9 @@ def _on_push(link, mode, rrid, msg_id, body, buffers) -> None:
     if fut is None or fut._v is not _UNSET:
         return
     try:
-        fut._v = loads(body, buffers)     # its count is released when it is fetched
+        fut._pushed = loads(body, buffers)   # becomes its value (and lets go) when fetched
     except Exception:
-        pass                              # fetch will ask the owner instead
+        pass                                 # fetch will ask the owner instead
 
 
 STATE.handlers[Kind.PUSH] = _on_push
@@ -340,18 +340,24 @@ class Future(_Ref):
 
     `remotecall` returns one; `Future(pid)` makes an unset one to `put` into later.
     Fetching caches the value in this copy; the owner frees its copy once no process holds
-    an unfetched reference."""
+    an unfetched reference.  A small result the callee pushed ahead (`_pushed`) is only a
+    shortcut for this copy's fetch: until then the copy behaves as unfetched (it counts on
+    the owner and travels without the value), as in Julia."""
 
-    __slots__ = ("_v",)
+    __slots__ = ("_v", "_pushed")
 
     def __init__(self, pid: int | None = None):
         self._init(myid() if pid is None else int(pid), _next_rrid(), True)
-        self._v = _UNSET
+        self._v = self._pushed = _UNSET
 
     def fetch(self) -> Any:
         """The value, waiting for it; raises RemoteException if the call failed (every time)."""
         value = self._v
-        if value is _UNSET:
+        if value is _UNSET and self._pushed is not _UNSET:
+            value = self._v = self._pushed
+            if self._take_held():
+                _release_now(self.where, self.rrid)
+        elif value is _UNSET:
             rrid = self.rrid
             if self.where == myid():
                 value = _lookup(rrid).store.fetch()
@@ -367,8 +373,6 @@ class Future(_Ref):
                         self._held = True
                     raise
                 self._v = value
-        elif self._held and self._take_held():    # a pushed result, fetched now: let go
-            _release_now(self.where, self.rrid)
         return _unwrap(value)
 
     def put(self, value: Any) -> "Future":
@@ -391,7 +395,7 @@ class Future(_Ref):
 
     def isready(self) -> bool:
         """True if fetch would not block."""
-        if self._v is not _UNSET:
+        if self._v is not _UNSET or self._pushed is not _UNSET:
             return True
         if self.where == myid():
             return _lookup(self.rrid).store.isready()
@@ -399,8 +403,9 @@ class Future(_Ref):
 
     def wait(self) -> "Future":
         """Block until the value is set; raises RemoteException if the call failed."""
-        if self._v is not _UNSET:
-            _unwrap(self._v)
+        known = self._v if self._v is not _UNSET else self._pushed
+        if known is not _UNSET:
+            _unwrap(known)
             return self
         if self.where == myid():
             store = _lookup(self.rrid).store
@@ -433,7 +438,7 @@ class Future(_Ref):
 def _rebuild_future(where, whence, id_, value) -> Future:
     fut = Future.__new__(Future)
     fut._init(where, RRID(whence, id_), value is _UNSET)
-    fut._v = value
+    fut._v, fut._pushed = value, _UNSET
     return fut
 
 

@@ -61,6 +61,17 @@ def init_worker(cookie: str | None = None, manager=None) -> None:
     time.sleep = interruptible_sleep
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, lambda *_: interrupt_calls())
+        # SIGTERM (docker stop, a deleted pod, scancel): leave now; the master sees the link
+        # close and deregisters us. As PID 1 without an init, Python would ignore it.
+        signal.signal(signal.SIGTERM, lambda *_: _leave())
+
+
+def _leave() -> None:
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(0)
 
 
 def start_worker(out: TextIO = sys.stdout, cookie: str | None = None, bind: str = "0.0.0.0",
