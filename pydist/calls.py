@@ -13,8 +13,9 @@ internal calls), and wakes a `time.sleep` in them (worker.py makes sleep interru
 from __future__ import annotations
 
 import ctypes
-import logging
 import itertools
+import logging
+import operator
 import os
 import sys
 import threading
@@ -221,7 +222,9 @@ def remotecall(func: Callable, pid, *args, **kwargs) -> Future:
     """Run func(*args, **kwargs) on process `pid` (or a worker of a pool) and return a
     Future for its result at once (Julia: remotecall)."""
     if not isinstance(pid, int):
-        return pid._call_with(remotecall, func, args, kwargs)
+        if hasattr(pid, "_call_with"):
+            return pid._call_with(remotecall, func, args, kwargs)
+        pid = operator.index(pid)          # a numpy integer, say
     fut = Future(pid)
     rrid = fut.rrid
     if pid == myid():
@@ -236,7 +239,9 @@ def remotecall(func: Callable, pid, *args, **kwargs) -> Future:
 def remotecall_fetch(func: Callable, pid, *args, **kwargs) -> Any:
     """Run func on `pid` and return its result; raises RemoteException if it raised."""
     if not isinstance(pid, int):
-        return pid._call_with(remotecall_fetch, func, args, kwargs)
+        if hasattr(pid, "_call_with"):
+            return pid._call_with(remotecall_fetch, func, args, kwargs)
+        pid = operator.index(pid)          # a numpy integer, say
     if pid == myid():
         try:
             return func(*args, **kwargs)
@@ -248,7 +253,9 @@ def remotecall_fetch(func: Callable, pid, *args, **kwargs) -> Any:
 def remotecall_wait(func: Callable, pid, *args, **kwargs) -> Future:
     """Run func on `pid`, wait until it is done, and return its (ready) Future."""
     if not isinstance(pid, int):
-        return pid._call_with(remotecall_wait, func, args, kwargs)
+        if hasattr(pid, "_call_with"):
+            return pid._call_with(remotecall_wait, func, args, kwargs)
+        pid = operator.index(pid)          # a numpy integer, say
     if pid == myid():
         return remotecall(func, pid, *args, **kwargs).wait()
     fut = Future(pid)
@@ -259,7 +266,9 @@ def remotecall_wait(func: Callable, pid, *args, **kwargs) -> Future:
 def remote_do(func: Callable, pid, *args, **kwargs) -> None:
     """Run func on `pid` and forget it: no result, no error back (the callee prints errors)."""
     if not isinstance(pid, int):
-        return pid._call_with(remote_do, func, args, kwargs)
+        if hasattr(pid, "_call_with"):
+            return pid._call_with(remote_do, func, args, kwargs)
+        pid = operator.index(pid)          # a numpy integer, say
     if pid == myid():
         STATE.runner.submit(_local_do, func, args, kwargs)
     else:

@@ -1,7 +1,9 @@
 """Channel: a bounded, closable, iterable queue (Julia: Channel).
 
 It is the default store behind a RemoteChannel, and the one-slot store in which the owner
-of a Future keeps its value.  All waits end on `close()`.
+of a Future keeps its value.  All waits end on `close()`.  Waits without a timeout wake up
+every WAKE_SECONDS, so that `interrupt` (an exception raised in the waiting thread, which
+Python delivers only while the thread runs) reaches a call blocked in take, put or fetch.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import time
 from typing import Any, Iterator
 
 from .errors import InvalidStateError
+
+WAKE_SECONDS = 0.2
 
 
 class Channel:
@@ -35,7 +39,7 @@ class Channel:
         with self._cond:
             limit = max(self.size, 1)
             while not self._closed and len(self._items) >= limit:
-                self._cond.wait()
+                self._cond.wait(WAKE_SECONDS)
             if self._closed:
                 raise InvalidStateError("put on a closed channel")
             self._items.append(item)
@@ -43,7 +47,7 @@ class Channel:
             self._cond.notify_all()
             if self.size == 0:          # rendezvous: wait until a taker has it
                 while self._taken < ticket and not self._closed:
-                    self._cond.wait()
+                    self._cond.wait(WAKE_SECONDS)
         return item
 
     def take(self) -> Any:
@@ -54,7 +58,7 @@ class Channel:
             while not self._items:
                 if self._closed:
                     raise InvalidStateError("take on a closed, empty channel")
-                self._cond.wait()
+                self._cond.wait(WAKE_SECONDS)
             item = self._items.popleft()
             self._taken += 1
             self._cond.notify_all()
@@ -66,7 +70,7 @@ class Channel:
             while not self._items:
                 if self._closed:
                     raise InvalidStateError("fetch on a closed, empty channel")
-                self._cond.wait()
+                self._cond.wait(WAKE_SECONDS)
             return self._items[0]
 
     def wait(self, timeout: float | None = None) -> bool:

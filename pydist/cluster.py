@@ -60,6 +60,7 @@ class _Worker:
     config: WorkerConfig
     state: WorkerState = WorkerState.RUNNING
     started: float = field(default_factory=time.time)
+    gone: threading.Event = field(default_factory=threading.Event)   # every process forgot it
 
 
 _registry: dict[int, _Worker] = {}      # pid -> worker, on the master; guarded by STATE.cond
@@ -412,20 +413,22 @@ def _sync_members() -> None:
     with STATE.cond:
         infos = list(STATE.members.values())
         pids = [p for p, w in _registry.items() if w.state is WorkerState.RUNNING]
-    errors = []
+    _on_each(pids, _set_members, infos, STATE.master_info)
 
+
+def _on_each(pids: list[int], func, *args) -> None:
+    """Run an internal func on each worker, in parallel, and wait for all (a worker that is
+    gone meanwhile is skipped, with a log line)."""
     def one(pid):
         try:
-            call_fetch(pid, _set_members, infos, STATE.master_info)
+            call_fetch(pid, func, *args)
         except Exception as err:
-            errors.append((pid, err))
+            log.warning("pydist: could not update worker %s: %s", pid, err)
     threads = [threading.Thread(target=one, args=(p,), daemon=True) for p in pids]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
-    for pid, err in errors:
-        log.warning("pydist: could not update worker %s: %s", pid, err)
+        t.join(settings.EXIT_TIMEOUT)
 
 
 # -- workers leaving --------------------------------------------------------------------------
@@ -442,15 +445,12 @@ def _on_worker_exit(pid: int) -> None:
             return
         worker.state = WorkerState.EXITED
         others = [p for p, w in _registry.items() if w.state is WorkerState.RUNNING]
-    for other in others:
-        try:
-            remote_do(_forget, other, pid)
-        except Exception:
-            pass
+    _on_each(others, _forget, pid)
     try:
         worker.manager.manage(pid, worker.config, "deregister")
     except Exception:
         log.exception("pydist: manage(%s, 'deregister') failed", pid)
+    worker.gone.set()
 
 
 class RemovalTask:
@@ -493,8 +493,8 @@ def _remove_one(pid: int) -> None:
     if link is not None:
         link.close("removed by rmprocs")
     peer_exited(pid)
-    worker.state = WorkerState.TERMINATING
     _on_worker_exit(pid)
+    worker.gone.wait(settings.EXIT_TIMEOUT)     # the others have forgotten it (maybe on another thread)
     try:
         worker.manager.manage(pid, worker.config, "finalize")
     except Exception:

@@ -53,7 +53,7 @@ def everywhere(code_or_callable: str | Callable | None = None, *args,
     arguments; as a decorator (`@everywhere` or `@everywhere(procs=[...])`) it defines the
     function in `__main__` of each process and returns it. `procs` restricts the processes.
     Raises RemoteException if any process failed. Workers added later do not replay it."""
-    targets = sorted(set(procs)) if procs is not None else all_procs()
+    targets = list(procs) if procs is not None else all_procs()   # as Julia: once per listed id
     if code_or_callable is None:
         def decorator(func):
             _on_all(targets, _define_main, func.__name__, func)

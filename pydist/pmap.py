@@ -20,7 +20,7 @@ from . import cluster
 from .errors import ProcessExitedException, RemoteException, remote_exception
 from .messages import Mode
 from .pools import AbstractWorkerPool, default_worker_pool
-from .process import myid, result, send_call, workers
+from .process import STATE, myid, result, send_call, workers
 from .refs import fetch
 from .calls import remotecall
 
@@ -150,7 +150,7 @@ class _Run:
         window: collections.deque = collections.deque()
         sent = 0
         while True:
-            while len(window) < PIPELINE_DEPTH and sent < LEASE_BATCHES:
+            while len(window) < PIPELINE_DEPTH and sent < LEASE_BATCHES and pid not in STATE.dead:
                 batch = self._next_batch()
                 if batch is None:
                     break
@@ -162,12 +162,13 @@ class _Run:
             self._collect(batch, handle)
 
     def _submit(self, pid: int, batch: list[_Item]):
-        args = (self.func, self.on_error, [item.args for item in batch])
+        elements = [item.args for item in batch]
         if pid == myid():
-            return _Done(lambda: _run_batch(*args))
-        send, extra = self.pool._prepare(_run_batch, pid)
+            return _Done(lambda: _run_batch(self.func, self.on_error, elements))
+        send, extra = self.pool._prepare(self.func, pid)     # a CachingPool sends func once
+        func = functools.partial(send, *extra) if extra else send
         try:
-            return send_call(pid, Mode.FETCH, send, (*extra, *args), {})
+            return send_call(pid, Mode.FETCH, _run_batch, (func, self.on_error, elements), {})
         except BaseException as err:
             return _DoneError(err)
 

@@ -31,7 +31,7 @@ from .channel import Channel
 from .errors import InvalidStateError, RemoteException
 from .messages import Kind
 from .process import STATE, call_fetch, get_link, internal, myid
-from .serialize import after_pickling, destination, dumps, loads
+from .serialize import destination, dumps, loads, undo_if_not_sent
 
 
 class RRID(NamedTuple):
@@ -101,8 +101,16 @@ def _lookup(rrid: RRID, make_store: Callable[[], Any] = Channel) -> _RemoteValue
 
 def _add_client(rrid: RRID, pid: int) -> None:
     rv = _lookup(rrid)
+    freed = None
     with _refs_lock:
-        rv.clients[pid] = rv.clients.get(pid, 0) + 1
+        count = rv.clients.get(pid, 0) + 1
+        if count:
+            rv.clients[pid] = count
+        else:                             # the matching DEL came first: they cancel out
+            rv.clients.pop(pid, None)
+            if not rv.clients and _refs.get(rrid) is rv:
+                freed = _refs.pop(rrid)
+    del freed
 
 
 def _del_client(rrid: RRID, pid: int) -> None:
@@ -132,26 +140,29 @@ def _drop_process(pid: int) -> None:
 
 
 def _count_new_holder(owner: int, rrid: RRID) -> None:
-    """A reference is being pickled for another process: tell the owner before it arrives
-    (once pickling has succeeded, so a failed attempt counts nothing)."""
+    """A reference is being pickled for another process: tell the owner now, before this
+    process could release its own count (the caller holds `_held_lock`), and undo it if the
+    pickle is not sent."""
     dest = destination()
     if dest is None:
         return
-    after_pickling(lambda: _notify_owner(owner, rrid, dest))
+    _tell_owner(owner, rrid, dest, +1)
+    undo_if_not_sent(lambda: _tell_owner(owner, rrid, dest, -1))
 
 
-def _notify_owner(owner: int, rrid: RRID, dest: int) -> None:
+def _tell_owner(owner: int, rrid: RRID, client: int, delta: int) -> None:
     if owner == myid():
-        _add_client(rrid, dest)
+        (_add_client if delta > 0 else _del_client)(rrid, client)
         return
     try:
-        get_link(owner).send(Kind.ADD_CLIENT, rrid=rrid, msg_id=dest)
+        get_link(owner).send(Kind.ADD_CLIENT, mode=0 if delta > 0 else 1, rrid=rrid, msg_id=client)
     except Exception:
         pass        # the owner is gone or unreachable: there is nothing left to keep alive
 
 
 def _on_add_client(link, mode, rrid, msg_id, body, buffers) -> None:
-    _add_client(RRID(*rrid), msg_id)
+    """ADD_CLIENT: mode 0 counts one more holder on process msg_id, mode 1 takes it back."""
+    (_add_client if mode == 0 else _del_client)(RRID(*rrid), msg_id)
 
 
 def _on_del_clients(link, mode, rrid, msg_id, body, buffers) -> None:
@@ -228,12 +239,8 @@ def store_outcome(rrid: RRID, value: Any) -> None:
 
 
 @internal
-def _owner_fetch(rrid: RRID, release: int | None):
-    rv = _lookup(rrid)
-    value = rv.store.fetch()
-    if release is not None:
-        _del_client(rrid, release)
-    return value
+def _owner_fetch(rrid: RRID):
+    return _lookup(rrid).store.fetch()
 
 
 @internal
@@ -305,6 +312,9 @@ def _unwrap(value):
 # -- the reference objects ------------------------------------------------------------------
 class _Ref:
     __slots__ = ("where", "whence", "id", "_held", "__weakref__")
+    # _held: this object still counts on the owner. It changes, and a Future's value is
+    # cached, only under _held_lock, which __reduce__ also holds while it tells the owner
+    # about a new holder: so that notice always leaves before this object's own release.
 
     def _init(self, where: int, rrid: RRID, held: bool) -> None:
         self.where = where
@@ -344,36 +354,40 @@ class Future(_Ref):
     shortcut for this copy's fetch: until then the copy behaves as unfetched (it counts on
     the owner and travels without the value), as in Julia."""
 
-    __slots__ = ("_v", "_pushed")
+    __slots__ = ("_v", "_pushed", "_fetching")
 
     def __init__(self, pid: int | None = None):
         self._init(myid() if pid is None else int(pid), _next_rrid(), True)
         self._v = self._pushed = _UNSET
+        self._fetching = threading.Lock()
 
     def fetch(self) -> Any:
         """The value, waiting for it; raises RemoteException if the call failed (every time)."""
         value = self._v
-        if value is _UNSET and self._pushed is not _UNSET:
-            value = self._v = self._pushed
-            if self._take_held():
-                _release_now(self.where, self.rrid)
-        elif value is _UNSET:
-            rrid = self.rrid
+        if value is _UNSET:
+            with self._fetching:              # one fetch at a time; the others use its result
+                value = self._v
+                if value is _UNSET:
+                    value = self._fetch_once()
+        return _unwrap(value)
+
+    def _fetch_once(self):
+        rrid = self.rrid
+        value = self._pushed
+        if value is _UNSET:
             if self.where == myid():
                 value = _lookup(rrid).store.fetch()
-                self._v = value
-                if self._take_held():
-                    _release_now(self.where, rrid)
             else:
-                release = myid() if self._take_held() else None
                 try:
-                    value = call_fetch(self.where, _owner_fetch, rrid, release)
-                except BaseException:
-                    if release is not None:
-                        self._held = True
-                    raise
-                self._v = value
-        return _unwrap(value)
+                    value = call_fetch(self.where, _owner_fetch, rrid)
+                except RemoteException as err:   # e.g. the value cannot be unpickled here:
+                    value = _Failed(err)         # it fails the same way every time
+        with _held_lock:
+            self._v = value
+            held, self._held = self._held, False
+        if held:
+            _release_now(self.where, rrid)
+        return value
 
     def put(self, value: Any) -> "Future":
         """Set the value; a Future can be set once only (InvalidStateError, or
@@ -425,9 +439,10 @@ class Future(_Ref):
         return _in_thread(self.fetch).__await__()
 
     def __reduce__(self):
-        value = self._v
-        if value is _UNSET:
-            _count_new_holder(self.where, self.rrid)
+        with _held_lock:
+            value = self._v
+            if value is _UNSET and self._held:
+                _count_new_holder(self.where, self.rrid)
         return (_rebuild_future, (self.where, self.whence, self.id, value))
 
     def __repr__(self) -> str:
@@ -439,6 +454,7 @@ def _rebuild_future(where, whence, id_, value) -> Future:
     fut = Future.__new__(Future)
     fut._init(where, RRID(whence, id_), value is _UNSET)
     fut._v, fut._pushed = value, _UNSET
+    fut._fetching = threading.Lock()
     return fut
 
 
@@ -514,7 +530,9 @@ class RemoteChannel(_Ref):
                 return
 
     def __reduce__(self):
-        _count_new_holder(self.where, self.rrid)
+        with _held_lock:
+            if self._held:
+                _count_new_holder(self.where, self.rrid)
         return (_rebuild_channel, (self.where, self.whence, self.id))
 
     def __repr__(self) -> str:

@@ -10,9 +10,10 @@ is tried first; anything it refuses (lambdas, closures, dynamic classes) or that
 `__main__` (which must travel by value) is pickled again with cloudpickle.
 
 `dumps(obj, dest)` records the destination process in a thread-local while pickling, so a
-Future or RemoteChannel being pickled can tell its owner about the new holder.  Those
-notices (`after_pickling`) run only once pickling has succeeded, so a retried or failed
-attempt never counts a holder that does not exist.
+Future or RemoteChannel being pickled can tell its owner about the new holder at once (so
+that notice can never be overtaken by this process's own release).  Each such reference
+leaves an undo action (`undo_if_not_sent`); a failed or retried attempt runs them, so it
+never counts a holder that does not exist.
 """
 
 from __future__ import annotations
@@ -34,20 +35,21 @@ def destination() -> int | None:
     return getattr(_context, "dest", None)
 
 
-def after_pickling(action) -> None:
-    """Run `action()` once the current `dumps` has succeeded (immediately outside one)."""
+def undo_if_not_sent(action) -> None:
+    """Run `action()` if the current `dumps` fails or its result is not sent."""
     pending = getattr(_context, "pending", None)
-    if pending is None:
-        action()
-    else:
+    if pending is not None:
         pending.append(action)
+
+
+def _undo(actions: list) -> None:
+    for action in reversed(actions):
+        action()
 
 
 def dumps(obj, dest: int | None = None) -> tuple[bytes, list[memoryview]]:
     """Pickle `obj` for process `dest`; returns the body and its out-of-band buffers."""
-    body, buffers, notices = _pickle(obj, dest)
-    for notice in notices:
-        notice()
+    body, buffers, _undos = _pickle(obj, dest)
     return body, buffers
 
 
@@ -55,14 +57,18 @@ def dumps_small(obj, dest: int, limit: int) -> bytes | None:
     """`obj` pickled in at most `limit` bytes, with no out-of-band buffers and no Future or
     RemoteChannel inside (so the copy holds nothing anywhere); else None."""
     try:
-        body, buffers, notices = _pickle(obj, dest)
+        body, buffers, undos = _pickle(obj, dest)
     except Exception:
         return None
-    return body if not buffers and not notices and len(body) <= limit else None
+    if buffers or undos or len(body) > limit:
+        _undo(undos)
+        return None
+    return body
 
 
 def _pickle(obj, dest):
-    """(body, buffers, notices): the notices are to run only if the body is sent."""
+    """(body, buffers, undos): the undo actions reverse what pickling told owners, for a
+    caller that decides not to send the body."""
     saved = (getattr(_context, "dest", None), getattr(_context, "pending", None))
     _context.dest = dest
     try:
@@ -73,12 +79,17 @@ def _pickle(obj, dest):
                 body = pickle.dumps(obj, protocol=5, buffer_callback=_out_of_band(buffers))
             except Exception:
                 body = None
-            if body is not None and b"__main__" in body:
+            if body is None or b"__main__" in body:
+                _undo(_context.pending)
                 body = None
         if body is None:
             _context.pending, buffers = [], []
             out = io.BytesIO()
-            cloudpickle.CloudPickler(out, protocol=5, buffer_callback=_out_of_band(buffers)).dump(obj)
+            try:
+                cloudpickle.CloudPickler(out, protocol=5, buffer_callback=_out_of_band(buffers)).dump(obj)
+            except BaseException:
+                _undo(_context.pending)
+                raise
             body = out.getvalue()
         return body, buffers, _context.pending
     finally:

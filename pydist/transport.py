@@ -46,6 +46,7 @@ _HEADER_SIZE = HEADER.size
 _unpack_header = HEADER.unpack
 _monotonic = time.monotonic
 _SMALL_FRAME = 1 << 16       # frames up to this size are joined and sent with one syscall
+WAKE_SECONDS = 0.2           # a waiter wakes this often so interrupt() can reach it
 
 
 def _return_big_buffers_to_the_system() -> None:
@@ -181,10 +182,13 @@ class Reply:
         return self._callbacks is None
 
     def wait(self, timeout: float | None = None) -> bool:
-        if self._done.acquire(timeout=-1 if timeout is None else max(timeout, 0)):
-            self._done.release()
-            return True
-        return False
+        if timeout is None:
+            while not self._done.acquire(timeout=WAKE_SECONDS):
+                pass            # wake now and then: an interrupt is delivered between waits
+        elif not self._done.acquire(timeout=max(timeout, 0)):
+            return False
+        self._done.release()
+        return True
 
 
 def _new_thread(fn) -> None:
@@ -241,17 +245,19 @@ class Link:
         sizes = struct.pack(f"!{len(buffers)}Q", *(b.nbytes for b in buffers)) if buffers else b""
         if size > _SMALL_FRAME:
             self._outbox.append((b"".join((header, sizes, body)), buffers))
+            self._flush(wait=True)         # the buffers are the caller's memory: write them now
         else:
             self._outbox.append((b"".join((header, sizes, body, *buffers)), ()))
-        self._flush()
+            self._flush(wait=False)
 
-    def _flush(self) -> None:
+    def _flush(self, wait: bool) -> None:
         """Write queued frames, in order, unless another thread is writing: that thread then
         writes ours too. So a thread whose send meets a full socket never blocks the others —
-        a burst of answers leaves one thread waiting on the socket, not one per answer."""
+        a burst of answers leaves one thread waiting on the socket, not one per answer.
+        wait=True returns only once our frame is written (it shares the caller's memory)."""
         outbox = self._outbox
         while outbox:
-            if not self._send_lock.acquire(blocking=False):
+            if not self._send_lock.acquire(blocking=wait):
                 return                     # the writer re-checks the outbox after releasing
             try:
                 while outbox:
