@@ -81,6 +81,11 @@ def run_row(nodes: list[str], env: dict, quick: bool, report_dir: str) -> tuple[
     return outcome, seconds
 
 
+def _head() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return done.stdout.strip() or "?"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.reliability", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="CI sizes, and do not write the docs page")
@@ -99,8 +104,8 @@ def main() -> None:
     lines = [
         "# Reliability report", "",
         "Every fault and bad input tried against real worker processes, how many, and the outcome.",
-        f"Produced by `python -m bench.reliability` on {time.strftime('%Y-%m-%d')} "
-        f"({platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}).",
+        f"Produced by `python -m bench.reliability` on {time.strftime('%Y-%m-%d')} at commit "
+        f"{_head()} ({platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}).",
         "`.ci/run` runs the same tests at the smaller CI sizes on every submission.", "",
         "| fault or bad input | tried | outcome | time |", "|---|---|---|---|",
     ]
