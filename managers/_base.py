@@ -10,6 +10,9 @@ from typing import Sequence
 
 BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
+# The image `bash deploy/docker/build.sh` tags: DockerManager's and KubernetesManager's default.
+DEFAULT_IMAGE = "pydist-worker:latest"
+
 
 def worker_argv(params: dict, *flags: str, exename: str | None = None) -> list[str]:
     """The command that starts one worker: `exename exeflags -m pydist.worker flags`, plus the

@@ -47,11 +47,10 @@ from pydist.manager import ask_to_exit
 from pydist.process import STATE
 from pydist.worker import parse_address
 
-from ._base import worker_env
+from ._base import DEFAULT_IMAGE, worker_env
 
 log = logging.getLogger("pydist")
 
-DEFAULT_IMAGE = "pydist-worker:latest"
 BUILD_COMMAND = "bash deploy/docker/build.sh"
 # The worker command inside the container; the image must have `python` with pydist on PATH.
 WORKER_COMMAND = ["python", "-m", "pydist.worker"]

@@ -60,12 +60,11 @@ from pydist import ClusterManager, LaunchError, WorkerConfig, cluster_cookie, de
 from pydist.manager import ask_to_exit
 from pydist.process import STATE
 
-from ._base import worker_argv, worker_env
+from ._base import DEFAULT_IMAGE, worker_argv, worker_env
 from .elastic import join_listener
 
 log = logging.getLogger("pydist")
 
-DEFAULT_IMAGE = "pydist-worker:latest"
 NAME_PREFIX = "pydist-worker"
 LABEL_CLUSTER, LABEL_ROLE, LABEL_PID = "pydist.cluster", "pydist.role", "pydist.pid"
 COOKIE_DIR, COOKIE_KEY, COOKIE_VOLUME = "/var/run/pydist", "cookie", "pydist-cookie"
