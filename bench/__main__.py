@@ -212,7 +212,9 @@ def main(argv=None) -> int:
 
     if args.render_md:
         with open(args.render_md) as f:
-            print(report.render(json.load(f), md=True))
+            doc = json.load(f)
+        doc["targets"] = report.targets(doc)  # re-evaluated with this version's rules
+        print(report.render(doc, md=True))
         return 0
 
     cfg = config.quick() if args.quick else config.full()

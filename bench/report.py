@@ -261,7 +261,7 @@ def targets(doc) -> list[dict]:
 
     n = doc["meta"]["config"]["workers"]
     add(f"{n} local workers ready <= 0.3 s (median)", g("startup", PYDIST, "default", "ready_s"), 0.3,
-        lambda v, t: v <= t, lambda v: f"{v:.3f} s")
+        lambda v, t: v <= t, lambda v: f"{v * 1e3:.1f} ms")
 
     big = doc["meta"]["config"]["scale_n"]
     rss = g("scale", PYDIST, f"n={big}", "worker_rss_mb")
