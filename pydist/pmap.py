@@ -67,11 +67,13 @@ def _run_batch(func: Callable, on_error: Callable | None, batch: list[tuple]) ->
     return out
 
 
-class _Item:
-    __slots__ = ("index", "args", "attempt", "state")
+class _Batch:
+    """Elements start, start+1, ... (their argument tuples), sent as one call. A failed
+    element is retried alone, as a batch of one carrying its retry count and state."""
+    __slots__ = ("start", "args", "attempt", "state")
 
-    def __init__(self, index: int, args: tuple):
-        self.index, self.args, self.attempt, self.state = index, args, 0, 0
+    def __init__(self, start: int, args: list, attempt: int = 0, state: Any = 0):
+        self.start, self.args, self.attempt, self.state = start, args, attempt, state
 
 
 class _Done:
@@ -91,9 +93,8 @@ class _Run:
         self.on_error, self.retry_delays, self.retry_check = on_error, list(retry_delays), retry_check
         self.results: list[Any] = [None] * len(items)
         self.cond = threading.Condition()    # guards todo, remaining, error, drivers
-        self.todo: collections.deque[list[_Item]] = collections.deque()
-        for start in range(0, len(items), batch_size):
-            self.todo.append([_Item(i, items[i]) for i in range(start, min(start + batch_size, len(items)))])
+        self.todo: collections.deque[_Batch] = collections.deque(
+            _Batch(start, items[start:start + batch_size]) for start in range(0, len(items), batch_size))
         self.remaining = len(items)
         self.error: BaseException | None = None
         self.drivers = 0
@@ -121,7 +122,7 @@ class _Run:
         return self.results
 
     # -- driver threads --------------------------------------------------------------------
-    def _next_batch(self) -> list[_Item] | None:
+    def _next_batch(self) -> _Batch | None:
         with self.cond:
             if self.error is not None or not self.todo:
                 return None
@@ -161,8 +162,8 @@ class _Run:
             batch, handle = window.popleft()
             self._collect(batch, handle)
 
-    def _submit(self, pid: int, batch: list[_Item]):
-        elements = [item.args for item in batch]
+    def _submit(self, pid: int, batch: _Batch):
+        elements = batch.args
         if pid == myid():
             return _Done(lambda: _run_batch(self.func, self.on_error, elements))
         send, extra = self.pool._prepare(self.func, pid)     # a CachingPool sends func once
@@ -172,7 +173,7 @@ class _Run:
         except BaseException as err:
             return _DoneError(err)
 
-    def _collect(self, batch: list[_Item], handle) -> None:
+    def _collect(self, batch: _Batch, handle) -> None:
         if isinstance(handle, _Done):
             values, error = handle.value, handle.error
             if isinstance(error, Exception) and not isinstance(error, ProcessExitedException):
@@ -183,16 +184,16 @@ class _Run:
             except BaseException as err:
                 values, error = None, err
         if error is not None:
-            for item in batch:
-                self._element_failed(item, error)
+            for offset in range(len(batch.args)):
+                self._element_failed(batch, offset, error)
             return
-        done = 0
-        for item, value in zip(batch, values):
+        start = batch.start
+        self.results[start:start + len(values)] = values
+        done = len(values)
+        for offset, value in enumerate(values):
             if isinstance(value, _ElementFailed):
-                self._element_failed(item, value.exc)
-            else:
-                self.results[item.index] = value
-                done += 1
+                self._element_failed(batch, offset, value.exc)
+                done -= 1
         if done:
             self._elements_done(done)
 
@@ -204,28 +205,27 @@ class _Run:
             if not self.remaining:
                 self.cond.notify_all()
 
-    def _element_failed(self, item: _Item, error: BaseException) -> None:
+    def _element_failed(self, batch: _Batch, offset: int, error: BaseException) -> None:
         if not isinstance(error, (RemoteException, ProcessExitedException)):
             self._fail(error)
             return
-        if item.attempt < len(self.retry_delays):
-            retry = True
+        if batch.attempt < len(self.retry_delays):
+            retry, state = True, batch.state
             if self.retry_check is not None:
                 original = error.captured if isinstance(error, RemoteException) else error
-                answer = self.retry_check(item.state, original)
-                item.state, retry = answer if isinstance(answer, tuple) else (item.state, answer)
+                answer = self.retry_check(state, original)
+                state, retry = answer if isinstance(answer, tuple) else (state, answer)
             if retry:
-                delay = self.retry_delays[item.attempt]
-                item.attempt += 1
-                timer = threading.Timer(delay, self._requeue, args=(item,))
+                again = _Batch(batch.start + offset, [batch.args[offset]], batch.attempt + 1, state)
+                timer = threading.Timer(self.retry_delays[batch.attempt], self._requeue, args=(again,))
                 timer.daemon = True
                 timer.start()
                 return
         self._fail(error)
 
-    def _requeue(self, item: _Item) -> None:
+    def _requeue(self, batch: _Batch) -> None:
         with self.cond:
-            self.todo.append([item])
+            self.todo.append(batch)
             self.cond.notify_all()
 
     def _fail(self, error: BaseException) -> None:
