@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import importlib.metadata
 import math
 import os
 import platform
+import signal
 import statistics
 import sys
 import threading
@@ -65,14 +65,17 @@ _deadline_state = threading.local()
 def deadline(seconds: float, what: str):
     """Interrupt the main thread (KeyboardInterrupt -> Timeout) after ``seconds``.
 
-    Blocking waits in Python's main thread are interruptible, so a peer that
+    The main thread gets a SIGINT, which breaks blocking waits, so a peer that
     hangs turns into a Timeout for that case only; the harness then stops the
     peer and kills what it left behind."""
     fired = threading.Event()
+    main_ident = threading.main_thread().ident
 
     def fire():
         fired.set()
-        _thread.interrupt_main()
+        # a real SIGINT aimed at the main thread: it also breaks a blocking
+        # lock.acquire() or recv() (EINTR), which _thread.interrupt_main() does not
+        signal.pthread_kill(main_ident, signal.SIGINT)
 
     timer = threading.Timer(seconds, fire)
     timer.daemon = True
