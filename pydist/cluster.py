@@ -28,7 +28,7 @@ from typing import Any
 
 from . import settings
 from .calls import interrupt_calls, internal, remote_do
-from .errors import LaunchError
+from .errors import LaunchError, ProcessExitedException
 from .manager import ClusterManager, WorkerConfig, default_addprocs_params, reap, stop_process
 from .messages import Kind
 from .process import (STATE, WorkerInfo, add_members, call_fetch, cluster_cookie, myid,
@@ -423,7 +423,8 @@ def _on_each(pids: list[int], func, *args) -> None:
         try:
             call_fetch(pid, func, *args)
         except Exception as err:
-            log.warning("pydist: could not update worker %s: %s", pid, err)
+            gone = isinstance(err, ProcessExitedException) or pid not in STATE.members
+            (log.debug if gone else log.warning)("pydist: could not update worker %s: %s", pid, err)
     threads = [threading.Thread(target=one, args=(p,), daemon=True) for p in pids]
     for t in threads:
         t.start()
@@ -481,9 +482,8 @@ class RemovalTask:
 def _remove_one(pid: int) -> None:
     with STATE.cond:
         worker = _registry.get(pid)
-        if worker is None or worker.state is not WorkerState.RUNNING:
+        if worker is None or worker.state is not WorkerState.TERMINATING:
             return
-        worker.state = WorkerState.TERMINATING
     try:
         worker.manager.kill(pid, worker.config)
     except Exception:
@@ -511,7 +511,11 @@ def rmprocs(*pids, waitfor: float = math.inf) -> RemovalTask:
         flat.extend(p if isinstance(p, (list, tuple, set)) else [p])
     if 1 in flat:
         warnings.warn("rmprocs: process 1 is the master and is not removed", stacklevel=2)
-    targets = sorted({p for p in flat if p != 1 and p in _registry})
+    with STATE.cond:
+        targets = sorted(p for p in set(flat) if p != 1 and p in _registry
+                         and _registry[p].state is WorkerState.RUNNING)
+        for p in targets:                  # leaving together: none is told about another
+            _registry[p].state = WorkerState.TERMINATING
     task = RemovalTask(targets)
     if waitfor > 0:
         task.wait(None if math.isinf(waitfor) else waitfor)
