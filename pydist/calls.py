@@ -13,6 +13,7 @@ internal calls), and wakes a `time.sleep` in them (worker.py makes sleep interru
 from __future__ import annotations
 
 import ctypes
+import functools
 import itertools
 import logging
 import operator
@@ -203,6 +204,19 @@ STATE.handlers[Kind.CALL] = _on_call
 
 
 # -- the caller side ----------------------------------------------------------------------------
+def _accepts_pools(call):
+    """Let a remotecall-family function take a worker pool (it borrows a worker for the
+    call) or any integer type as `pid`."""
+    @functools.wraps(call)
+    def dispatch(func, pid, *args, **kwargs):
+        if not isinstance(pid, int):
+            if hasattr(pid, "_call_with"):
+                return pid._call_with(dispatch, func, args, kwargs)
+            pid = operator.index(pid)          # a numpy integer, say
+        return call(func, pid, *args, **kwargs)
+    return dispatch
+
+
 def _local_run(rrid: RRID, func, args, kwargs) -> None:
     try:
         value = func(*args, **kwargs)
@@ -218,13 +232,10 @@ def _local_do(func, args, kwargs) -> None:
         _print_failure(remote_exception(myid(), err))
 
 
+@_accepts_pools
 def remotecall(func: Callable, pid, *args, **kwargs) -> Future:
     """Run func(*args, **kwargs) on process `pid` (or a worker of a pool) and return a
     Future for its result at once (Julia: remotecall)."""
-    if not isinstance(pid, int):
-        if hasattr(pid, "_call_with"):
-            return pid._call_with(remotecall, func, args, kwargs)
-        pid = operator.index(pid)          # a numpy integer, say
     fut = Future(pid)
     rrid = fut.rrid
     if pid == myid():
@@ -236,12 +247,9 @@ def remotecall(func: Callable, pid, *args, **kwargs) -> Future:
     return fut
 
 
+@_accepts_pools
 def remotecall_fetch(func: Callable, pid, *args, **kwargs) -> Any:
     """Run func on `pid` and return its result; raises RemoteException if it raised."""
-    if not isinstance(pid, int):
-        if hasattr(pid, "_call_with"):
-            return pid._call_with(remotecall_fetch, func, args, kwargs)
-        pid = operator.index(pid)          # a numpy integer, say
     if pid == myid():
         try:
             return func(*args, **kwargs)
@@ -250,12 +258,9 @@ def remotecall_fetch(func: Callable, pid, *args, **kwargs) -> Any:
     return result(send_call(pid, Mode.FETCH, func, args, kwargs))
 
 
+@_accepts_pools
 def remotecall_wait(func: Callable, pid, *args, **kwargs) -> Future:
     """Run func on `pid`, wait until it is done, and return its (ready) Future."""
-    if not isinstance(pid, int):
-        if hasattr(pid, "_call_with"):
-            return pid._call_with(remotecall_wait, func, args, kwargs)
-        pid = operator.index(pid)          # a numpy integer, say
     if pid == myid():
         return remotecall(func, pid, *args, **kwargs).wait()
     fut = Future(pid)
@@ -263,12 +268,9 @@ def remotecall_wait(func: Callable, pid, *args, **kwargs) -> Future:
     return fut
 
 
+@_accepts_pools
 def remote_do(func: Callable, pid, *args, **kwargs) -> None:
     """Run func on `pid` and forget it: no result, no error back (the callee prints errors)."""
-    if not isinstance(pid, int):
-        if hasattr(pid, "_call_with"):
-            return pid._call_with(remote_do, func, args, kwargs)
-        pid = operator.index(pid)          # a numpy integer, say
     if pid == myid():
         STATE.runner.submit(_local_do, func, args, kwargs)
     else:
