@@ -267,9 +267,10 @@ def _connect(pid: int) -> Link:
                 raise ProcessExitedException(pid)
             if pid == STATE.myid:
                 raise ValueError(f"process {pid} is this process: it has no link to itself")
-            if STATE.myid == 1 or pid == 1:
-                raise (ProcessExitedException(pid) if pid == 1 else
-                       ValueError(f"no process with id {pid}; procs() are {procs()}"))
+            if pid == 1:                      # a worker's master link is gone: so is the master
+                raise ProcessExitedException(pid)
+            if STATE.myid == 1:               # the master dials nobody: every worker joined it
+                raise ValueError(f"no process with id {pid}; procs() are {procs()}")
             info = STATE.members.get(pid)
             if info is None:
                 raise ValueError(f"no process with id {pid}; procs() are {procs()}")

@@ -55,28 +55,50 @@ def dumps(obj, dest: int | None = None) -> tuple[bytes, list[memoryview]]:
 
 def dumps_small(obj, dest: int, limit: int) -> bytes | None:
     """`obj` pickled in at most `limit` bytes, with no out-of-band buffers and no Future or
-    RemoteChannel inside (so the copy holds nothing anywhere); else None."""
+    RemoteChannel inside (so the copy holds nothing anywhere); else None. Pickling stops
+    as soon as the limit is passed, so a big result is not pickled twice for nothing."""
     try:
-        body, buffers, undos = _pickle(obj, dest)
+        body, _buffers, undos = _pickle(obj, dest, limit)
     except Exception:
         return None
-    if buffers or undos or len(body) > limit:
+    if undos:
         _undo(undos)
         return None
     return body
 
 
-def _pickle(obj, dest):
+class _TooBig(Exception):
+    """A bounded pickle passed its limit (or wanted an out-of-band buffer)."""
+
+
+class _Bounded(io.BytesIO):
+    def __init__(self, limit: int | None):
+        super().__init__()
+        self.limit = limit
+
+    def write(self, data) -> int:
+        if self.limit is not None and self.tell() + len(data) > self.limit:
+            raise _TooBig
+        return super().write(data)
+
+
+def _pickle(obj, dest, limit: int | None = None):
     """(body, buffers, undos): the undo actions reverse what pickling told owners, for a
-    caller that decides not to send the body."""
+    caller that decides not to send the body. With `limit`, raises _TooBig past it."""
     saved = (getattr(_context, "dest", None), getattr(_context, "pending", None))
     _context.dest = dest
+    keep = _out_of_band if limit is None else _refuse_out_of_band
     try:
         body, buffers = None, []
         if not _cloudpickle_impl._PICKLE_BY_VALUE_MODULES:
             _context.pending = []
+            out = _Bounded(limit)
             try:
-                body = pickle.dumps(obj, protocol=5, buffer_callback=_out_of_band(buffers))
+                pickle.Pickler(out, protocol=5, buffer_callback=keep(buffers)).dump(obj)
+                body = out.getvalue()
+            except _TooBig:
+                _undo(_context.pending)
+                raise
             except Exception:
                 body = None
             if body is None or b"__main__" in body:
@@ -84,9 +106,9 @@ def _pickle(obj, dest):
                 body = None
         if body is None:
             _context.pending, buffers = [], []
-            out = io.BytesIO()
+            out = _Bounded(limit)
             try:
-                cloudpickle.CloudPickler(out, protocol=5, buffer_callback=_out_of_band(buffers)).dump(obj)
+                cloudpickle.CloudPickler(out, protocol=5, buffer_callback=keep(buffers)).dump(obj)
             except BaseException:
                 _undo(_context.pending)
                 raise
@@ -94,6 +116,16 @@ def _pickle(obj, dest):
         return body, buffers, _context.pending
     finally:
         _context.dest, _context.pending = saved
+
+
+def _refuse_out_of_band(buffers: list):
+    normal = _out_of_band(buffers)
+
+    def keep(buf: pickle.PickleBuffer):
+        if normal(buf) is False:
+            raise _TooBig
+        return True
+    return keep
 
 
 def _out_of_band(buffers: list):
