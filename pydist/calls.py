@@ -2,7 +2,8 @@
 
 Callee side: the reader thread hands each CALL frame to `_on_call`, which makes the result
 Future's entry at once (so a DEL_CLIENTS that follows on the same link finds it) and runs the
-call on a runner thread: unpickle, run, then answer according to the mode (messages.Mode).
+call on the reading thread (transport.Link.run_inline: reading moves to another thread if the
+call waits or runs long): unpickle, run, then answer according to the mode (messages.Mode).
 An argument that cannot be unpickled, or a result that cannot be pickled, fails that call
 alone with a RemoteException; the link stays up.
 
@@ -27,6 +28,7 @@ from .messages import NO_RRID, Kind, Mode
 from .process import STATE, internal, myid, result, send_call, workers
 from .refs import RRID, Future, _Failed, _lookup, expect_push, fetch, store_outcome
 from .serialize import dumps, dumps_small, loads
+from .transport import release_reading
 
 log = logging.getLogger("pydist")
 
@@ -66,6 +68,7 @@ def interruptible_sleep(seconds: float) -> None:
     """time.sleep that `interrupt` can cut short (installed on workers)."""
     if seconds < 0:
         raise ValueError("sleep length must be non-negative")
+    release_reading()
     tid = threading.get_ident()
     event = _wakeups.get(tid)
     if event is None:
@@ -100,12 +103,7 @@ def _run_user(func: Callable, args, kwargs):
 def _on_call(link, mode, rrid, msg_id, body, buffers) -> bool:
     if mode == Mode.FUTURE or mode == Mode.WAIT:
         _lookup(RRID(*rrid))            # counted now, before a later DEL_CLIENTS on this link
-    link.read_elsewhere()               # the next frame is read by another thread ...
-    try:
-        _serve_call(link, mode, rrid, msg_id, body, buffers)   # ... while the call runs here
-    except BaseException:
-        log.exception("pydist: serving a call failed")
-    return True
+    return link.run_inline(_serve_call, link, mode, rrid, msg_id, body, buffers)
 
 
 def _serve_call(link, mode, rrid, msg_id, body, buffers) -> None:

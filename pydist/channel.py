@@ -4,6 +4,7 @@ It is the default store behind a RemoteChannel, and the one-slot store in which 
 of a Future keeps its value.  All waits end on `close()`.  Waits without a timeout wake up
 every WAKE_SECONDS, so that `interrupt` (an exception raised in the waiting thread, which
 Python delivers only while the thread runs) reaches a call blocked in take, put or fetch.
+A call about to wait first lets another thread read its link (transport.release_reading).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from typing import Any, Iterator
 
 from .errors import InvalidStateError
+from .transport import release_reading
 
 WAKE_SECONDS = 0.2
 
@@ -39,7 +41,7 @@ class Channel:
         with self._cond:
             limit = max(self.size, 1)
             while not self._closed and len(self._items) >= limit:
-                self._cond.wait(WAKE_SECONDS)
+                self._wait(WAKE_SECONDS)
             if self._closed:
                 raise InvalidStateError("put on a closed channel")
             self._items.append(item)
@@ -47,7 +49,7 @@ class Channel:
             self._cond.notify_all()
             if self.size == 0:          # rendezvous: wait until a taker has it
                 while self._taken < ticket and not self._closed:
-                    self._cond.wait(WAKE_SECONDS)
+                    self._wait(WAKE_SECONDS)
         return item
 
     def take(self) -> Any:
@@ -58,7 +60,7 @@ class Channel:
             while not self._items:
                 if self._closed:
                     raise InvalidStateError("take on a closed, empty channel")
-                self._cond.wait(WAKE_SECONDS)
+                self._wait(WAKE_SECONDS)
             item = self._items.popleft()
             self._taken += 1
             self._cond.notify_all()
@@ -70,7 +72,7 @@ class Channel:
             while not self._items:
                 if self._closed:
                     raise InvalidStateError("fetch on a closed, empty channel")
-                self._cond.wait(WAKE_SECONDS)
+                self._wait(WAKE_SECONDS)
             return self._items[0]
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -85,8 +87,12 @@ class Channel:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                self._cond.wait(remaining)
+                self._wait(remaining)
             return True
+
+    def _wait(self, timeout: float | None) -> None:
+        release_reading()
+        self._cond.wait(timeout)
 
     def isready(self) -> bool:
         """True if a take would not block."""

@@ -49,3 +49,9 @@ HEARTBEAT_TIMEOUT = _float("PYDIST_HEARTBEAT_TIMEOUT", 30.0)
 # after SIGTERM before SIGKILL.
 EXIT_TIMEOUT = _float("PYDIST_EXIT_TIMEOUT", 5.0)
 TERM_TIMEOUT = _float("PYDIST_TERM_TIMEOUT", 2.0)
+
+# A link's reader whose peer answered within this many microseconds last time polls the socket
+# that long before it sleeps in recv: waking a sleeping thread costs ~25 µs on a VM, as much
+# as the rest of a round trip. The poll stops after one miss, so idle links cost nothing.
+# 0 disables it (for example on a machine with fewer cores than busy processes).
+SPIN_SECONDS = _float("PYDIST_SPIN_US", 100.0) / 1e6

@@ -11,9 +11,16 @@ Each side proves it knows the cookie over the other side's fresh nonce; the role
 stops a reflected answer from counting. A peer with other protocol or Python versions is
 refused with both versions named. Everything after the handshake is frames (messages.py).
 
-Threads: each `Link` has one reader thread (`pydist-reader-<pid>`), started by its owner
-(cluster.py), which reads frames, resolves replies and hands other frames to the owner's
-callback. Any thread may send; `_send_lock` keeps frames whole.
+Threads: each `Link` has one reading thread at a time (first `pydist-reader-<pid>`,
+started by its owner), which reads frames, resolves replies and hands other frames to the
+owner's callback. An incoming call runs on the reading thread itself (`run_inline`), which
+reads on when the call returns; a call that waits, or runs longer than INLINE_SECONDS, hands
+reading to another thread first. Any thread may send; `_send_lock` keeps frames whole.
+
+Latency: a thread blocked in recv on an idle CPU takes ~25 µs to wake on these machines, more
+than a whole round trip costs otherwise. So a reader whose peer answered quickly last time
+polls the socket for up to PYDIST_SPIN_US before it blocks (`_receive`): a synchronous call
+loop then never sleeps, and a quiet link stops spinning after one miss.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ _unpack_header = HEADER.unpack
 _monotonic = time.monotonic
 _SMALL_FRAME = 1 << 16       # frames up to this size are joined and sent with one syscall
 WAKE_SECONDS = 0.2           # a waiter wakes this often so interrupt() can reach it
+INLINE_SECONDS = 0.001       # a call may keep its link's reader this long; then reading moves
+_MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 
 def _return_big_buffers_to_the_system() -> None:
@@ -197,6 +206,8 @@ class Reply:
         return self._callbacks is None
 
     def wait(self, timeout: float | None = None) -> bool:
+        if self._callbacks is not None:
+            release_reading()
         if timeout is None:
             while not self._done.acquire(timeout=WAKE_SECONDS):
                 pass            # wake now and then: an interrupt is delivered between waits
@@ -213,6 +224,86 @@ def _new_thread(fn) -> None:
 # How a reader hands its role to another thread; process.py plugs in its thread runner.
 run_elsewhere = _new_thread
 
+_inline = threading.local()      # .call: the _InlineCall this thread runs on a link's reader
+
+
+class _InlineCall:
+    """A call running on the thread that read it; `hand_off` moves the link's reading to
+    another thread (once), after which that thread reads and this one only finishes the call."""
+
+    __slots__ = ("link", "started", "moved", "done")
+
+    def __init__(self, link: "Link"):
+        self.link = link
+        self.started = _monotonic()
+        self.moved = self.done = False
+
+    def hand_off(self) -> None:
+        with self.link._role_lock:
+            if self.moved or self.done:
+                return
+            self.moved = True
+        run_elsewhere(self.link._read_loop)
+
+
+def release_reading() -> None:
+    """This thread is about to wait: if it runs a call on a link's reader, let another thread
+    read that link first (the awaited answer may come over it)."""
+    call = getattr(_inline, "call", None)
+    if call is not None:
+        _inline.call = None
+        call.hand_off()
+
+
+class _InlineWatch:
+    """Hands off the reading of links whose inline call has run for INLINE_SECONDS (a long
+    computation, a wait outside pydist). Its thread ticks only while calls run inline."""
+
+    def __init__(self):
+        self._calls: dict[_InlineCall, None] = {}
+        self._started = 0            # inline calls begun so far: activity since the last tick
+        self._parked = True
+        self._wake = threading.Event()
+        self._tick = threading.Event()   # never set: a sleep that a patched time.sleep cannot touch
+        self._thread: threading.Thread | None = None
+
+    def add(self, call: _InlineCall) -> None:
+        self._calls[call] = None
+        self._started += 1
+        if self._parked:
+            self._parked = False
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="pydist-inline-watch",
+                                                daemon=True)
+                self._thread.start()
+            self._wake.set()
+
+    def remove(self, call: _InlineCall) -> None:
+        self._calls.pop(call, None)
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while True:
+                seen = self._started
+                self._tick.wait(INLINE_SECONDS)
+                now = _monotonic()
+                for call in list(self._calls):
+                    if now - call.started >= INLINE_SECONDS:
+                        self._calls.pop(call, None)
+                        call.hand_off()
+                if self._calls or self._started != seen:
+                    continue
+                self._parked = True          # add() sees this, or we see its call below
+                if self._calls or self._started != seen:
+                    self._parked = False
+                    continue
+                break
+
+
+_watch = _InlineWatch()
+
 
 class Link:
     """One authenticated connection to one peer process, serving both directions.
@@ -220,10 +311,8 @@ class Link:
     `on_frame(link, kind, mode, rrid, msg_id, body, buffers)` gets every frame that is not
     a reply; `on_close(link, reason)` runs once when the link is gone.
 
-    Leader/follower reading: a frame handler that wants to do long work on the reading
-    thread (an incoming call) first calls `read_elsewhere()`, which hands the reading role
-    to another thread, then returns True.  The call then runs where its frame was read, so
-    a round trip costs one thread wake-up on the callee instead of two."""
+    A frame handler may run long work on the reading thread through `run_inline` (an
+    incoming call) and return its result: True means another thread reads the link now."""
 
     def __init__(self, sock: socket.socket, on_frame, on_close, peer: int | None = None):
         self.sock = sock
@@ -245,6 +334,9 @@ class Link:
         self.close_reason = ""
         self.last_heard = time.monotonic()
         self._reader: threading.Thread | None = None
+        self._role_lock = threading.Lock()      # guards the hand-off of reading (_InlineCall)
+        self._can_spin = False                  # plain blocking socket, served by _read_loop
+        self._spinning = False                  # the peer answered quickly last time
 
     # -- sending ---------------------------------------------------------------------------
     def send(self, kind: Kind, body: bytes = b"", buffers=(), mode: int = 0, rrid=NO_RRID,
@@ -331,40 +423,84 @@ class Link:
 
     def _read(self, n: int) -> bytearray:
         start = self._start
-        if n <= self._end - start:
-            self._start = start + n
-            return self._rbuf[start:start + n]
+        if n > self._end - start:
+            if n > len(self._rbuf):
+                return self._read_big(n)
+            self._fill(n)
+            start = self._start
+        self._start = start + n
+        return self._rbuf[start:start + n]
+
+    def _fill(self, n: int) -> None:
+        """Receive until at least n bytes (at most the block's size) are buffered."""
+        start, end = self._start, self._end
+        if start:                               # move the partial frame to the front
+            self._rbuf[:end - start] = self._rbuf[start:end]
+            self._start, self._end = 0, end - start
+        while self._end < n:
+            self._end += self._receive(self._rview[self._end:])
+
+    def _receive(self, view) -> int:
+        """recv_into `view`; polls first for up to SPIN_SECONDS if the peer is quick."""
+        sock = self.sock
+        if self._spinning:
+            deadline = _monotonic() + settings.SPIN_SECONDS
+            while True:
+                try:
+                    k = sock.recv_into(view, 0, _MSG_DONTWAIT)
+                except BlockingIOError:
+                    if _monotonic() < deadline:
+                        continue
+                    self._spinning = False      # missed: block, and spin again once quick
+                    break
+                if not k:
+                    raise EOFError("connection closed")
+                return k
+        began = _monotonic()
+        k = sock.recv_into(view)
+        if not k:
+            raise EOFError("connection closed")
+        if self._can_spin:
+            self._spinning = _monotonic() - began < settings.SPIN_SECONDS
+        return k
+
+    def _read_big(self, n: int):
+        """A body or buffer larger than the block: received straight into its own memory."""
         out = _big_buffer(n) if n >= _BIG_BUFFER else bytearray(n)
         view = memoryview(out)
-        got = self._end - start
-        view[:got] = self._rview[start:self._end]
+        got = self._end - self._start
+        view[:got] = self._rview[self._start:self._end]
         self._start = self._end = 0
-        recv_into = self.sock.recv_into
-        block = len(self._rbuf)
         while got < n:
-            if n - got >= block:
-                k = recv_into(view[got:])
-                if not k:
-                    raise EOFError("connection closed")
-                got += k
-            else:
-                k = recv_into(self._rview)
-                if not k:
-                    raise EOFError("connection closed")
-                take = min(k, n - got)
-                view[got:got + take] = self._rview[:take]
-                got += take
-                self._start, self._end = take, k
+            got += self._receive(view[got:])
         return out
 
+    # -- the reading thread ----------------------------------------------------------------
     def start(self, name: str) -> None:
         """Start the reader thread; the link then serves frames until it closes."""
+        self._can_spin = (settings.SPIN_SECONDS > 0 and bool(_MSG_DONTWAIT)
+                          and type(self.sock) is socket.socket and self.sock.gettimeout() is None)
         self._reader = threading.Thread(target=self._read_loop, name=name, daemon=True)
         self._reader.start()
 
-    def read_elsewhere(self) -> None:
-        """Continue reading this link on another thread (see the class docstring)."""
-        run_elsewhere(self._read_loop)
+    def run_inline(self, fn, *args) -> bool:
+        """Run fn(*args) on this reading thread, which reads on afterwards: a quick call
+        costs no thread switch. Returns True if reading moved to another thread meanwhile
+        (the call waited in pydist, or ran past INLINE_SECONDS); this thread must then stop
+        reading. Exceptions from fn are logged, not raised."""
+        call = _InlineCall(self)
+        _inline.call = call
+        _watch.add(call)
+        try:
+            fn(*args)
+        except BaseException:
+            log.exception("pydist: a call on the link to process %s failed", self.peer)
+        finally:
+            _inline.call = None
+            _watch.remove(call)
+            with self._role_lock:
+                call.done = True
+        return call.moved
 
     def _read_loop(self) -> None:
         reason = "closed"

@@ -3,7 +3,6 @@
 import os
 import random
 import signal
-import threading
 
 import pytest
 
@@ -90,31 +89,29 @@ def test_pmap_from_a_worker_uses_every_worker(cluster):
     assert remotecall_fetch(lambda: pmap(square, range(10)), cluster[1]) == [x * x for x in range(10)]
 
 
-def _slow_identity(x):
-    import time
-    time.sleep(0.01)
-    return x
+def _identity_killing(victim, after):
+    """x, except that the victim process dies (SIGKILL, mid-call) on any x >= after: a
+    crash at a point of the map that does not depend on how fast the machine is."""
+    def run(x):
+        import time
+        if myid() == victim and x >= after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(0.002)
+        return x
+    return run
 
 
 def test_worker_killed_mid_pmap_is_retried_on_the_others(cluster4):
     victim = cluster4[0]
-    ospid = remotecall_fetch(os.getpid, victim)
-    timer = threading.Timer(0.3, os.kill, args=(ospid, signal.SIGKILL))
-    timer.start()
-    out = pmap(_slow_identity, range(200), retry_delays=[0.01] * 5)
-    timer.join()
+    out = pmap(_identity_killing(victim, 40), range(200), retry_delays=[0.01] * 5)
     assert out == list(range(200))
     assert victim not in workers()
 
 
 def test_worker_killed_mid_pmap_without_retries_raises_process_exited(cluster4):
     victim = cluster4[1]
-    ospid = remotecall_fetch(os.getpid, victim)
-    timer = threading.Timer(0.3, os.kill, args=(ospid, signal.SIGKILL))
-    timer.start()
     with pytest.raises(ProcessExitedException):
-        pmap(_slow_identity, range(400))
-    timer.join()
+        pmap(_identity_killing(victim, 40), range(400))
 
 
 def test_progress_bar_reports_elements(cluster, capsys):
