@@ -41,4 +41,9 @@ class Mode(enum.IntEnum):
     DO = 3            # no answer; an error is printed on the callee's stderr
 
 
+# A CALL's mode byte may carry this flag: its caller has nothing else in flight on the link
+# and waits for the answer, so its next call is likely to follow at once (the callee's
+# reader then polls for it briefly instead of sleeping; see transport).
+LOCKSTEP = 0x80
+
 NO_RRID = (0, 0)

@@ -18,9 +18,11 @@ reads on when the call returns; a call that waits, or runs longer than INLINE_SE
 reading to another thread first. Any thread may send; `_send_lock` keeps frames whole.
 
 Latency: a thread blocked in recv on an idle CPU takes ~25 µs to wake on these machines, more
-than a whole round trip costs otherwise. So a reader whose peer answered quickly last time
-polls the socket for up to PYDIST_SPIN_US before it blocks (`_receive`): a synchronous call
-loop then never sleeps, and a quiet link stops spinning after one miss.
+than a whole round trip costs otherwise. So in a lock-step exchange (one synchronous call at
+a time: the caller's reader waits for the answer, the callee's for the next call) a reader
+polls the socket for up to PYDIST_SPIN_US before it blocks (`_receive`). Only then: a link
+with calls pipelined or a peer that was slow last time never polls, since the CPU it would
+burn is what the other threads and processes need.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import time
 
 from . import settings
 from .errors import ProcessExitedException
-from .messages import HEADER, NO_RRID, Kind
+from .messages import HEADER, LOCKSTEP, NO_RRID, Kind
 
 log = logging.getLogger("pydist")
 
@@ -239,11 +241,13 @@ class _InlineCall:
         self.moved = self.done = False
 
     def hand_off(self) -> None:
-        with self.link._role_lock:
+        link = self.link
+        with link._role_lock:
             if self.moved or self.done:
                 return
             self.moved = True
-        run_elsewhere(self.link._read_loop)
+        link._answering_lockstep = False    # the next reader must not poll while this call runs
+        run_elsewhere(link._read_loop)
 
 
 def release_reading() -> None:
@@ -336,7 +340,9 @@ class Link:
         self._reader: threading.Thread | None = None
         self._role_lock = threading.Lock()      # guards the hand-off of reading (_InlineCall)
         self._can_spin = False                  # plain blocking socket, served by _read_loop
-        self._spinning = False                  # the peer answered quickly last time
+        self._quick = False                     # the last wait for the peer was short
+        self._calling_lockstep = False          # our last call had no other in flight
+        self._answering_lockstep = False        # so had the peer's last call to us
 
     # -- sending ---------------------------------------------------------------------------
     def send(self, kind: Kind, body: bytes = b"", buffers=(), mode: int = 0, rrid=NO_RRID,
@@ -390,6 +396,9 @@ class Link:
                 raise RuntimeError(f"{len(self._pending)} calls to process {self.peer} are already "
                                    "waiting for an answer (PYDIST_MAX_PENDING_CALLS); wait for some "
                                    "of them before sending more")
+            self._calling_lockstep = not self._pending
+            if self._calling_lockstep:
+                mode |= LOCKSTEP
             self._pending[call_id] = reply
         try:
             self.send(Kind.CALL, body, buffers, mode=mode, rrid=rrid, msg_id=call_id)
@@ -443,7 +452,8 @@ class Link:
     def _receive(self, view) -> int:
         """recv_into `view`; polls first for up to SPIN_SECONDS if the peer is quick."""
         sock = self.sock
-        if self._spinning:
+        if self._quick and (self._answering_lockstep or
+                            (self._calling_lockstep and len(self._pending) <= 1)):
             deadline = _monotonic() + settings.SPIN_SECONDS
             while True:
                 try:
@@ -451,7 +461,7 @@ class Link:
                 except BlockingIOError:
                     if _monotonic() < deadline:
                         continue
-                    self._spinning = False      # missed: block, and spin again once quick
+                    self._quick = False         # missed: block, and poll again once quick
                     break
                 if not k:
                     raise EOFError("connection closed")
@@ -461,7 +471,7 @@ class Link:
         if not k:
             raise EOFError("connection closed")
         if self._can_spin:
-            self._spinning = _monotonic() - began < settings.SPIN_SECONDS
+            self._quick = _monotonic() - began < settings.SPIN_SECONDS
         return k
 
     def _read_big(self, n: int):
@@ -517,6 +527,9 @@ class Link:
                 elif kind is Kind.PONG:
                     pass
                 else:
+                    if kind is Kind.CALL:
+                        self._answering_lockstep = bool(mode & LOCKSTEP)
+                        mode &= ~LOCKSTEP
                     try:
                         if self._on_frame(self, kind, mode, rrid, msg_id, body, buffers):
                             reason = None   # another thread reads this link now
