@@ -33,47 +33,43 @@ LEASE_BATCHES = 256
 AUTO_BATCHES_PER_WORKER = 4
 
 
-class _ElementFailed:
-    """One failed element of a batch (the batch itself succeeded)."""
-
-    __slots__ = ("exc",)
-
-    def __init__(self, exc: RemoteException):
-        self.exc = exc
-
-    def __reduce__(self):
-        return (_ElementFailed, (self.exc,))
-
-
-def _run_batch(func: Callable, on_error: Callable | None, batch: list[tuple]) -> list:
-    """Run on the worker: func over the batch, on_error for an element that raises."""
-    single = len(batch) == 1
-    out = []
-    for args in batch:
-        try:
-            out.append(func(*args))
-            continue
+def _run_batch(func: Callable, on_error: Callable | None, columns: tuple) -> tuple[list, dict | None]:
+    """Run on the worker: func over a batch given as one sequence per argument (so a batch
+    pickles as plain lists or a range, not as a tuple per element). Returns the values and
+    {offset: RemoteException} for elements that raised and on_error did not replace."""
+    values: list = []
+    failures = None
+    while True:
+        done = len(values)
+        try:   # map runs the loop in C; extend keeps the values made before an exception
+            values.extend(map(func, *(c[done:] for c in columns)) if done else map(func, *columns))
+            return values, failures
         except Exception as err:
             failure = err
         if on_error is not None:
             try:
-                out.append(on_error(failure))
+                values.append(on_error(failure))
                 continue
             except Exception as err:
                 failure = err
-        if single:
-            raise failure
-        out.append(_ElementFailed(remote_exception(myid(), failure)))
-    return out
+        values.append(None)
+        failures = failures or {}
+        failures[len(values) - 1] = remote_exception(myid(), failure)
 
 
 class _Batch:
-    """Elements start, start+1, ... (their argument tuples), sent as one call. A failed
+    """Elements start, start+1, ... as one call (one sequence per argument). A failed
     element is retried alone, as a batch of one carrying its retry count and state."""
-    __slots__ = ("start", "args", "attempt", "state")
+    __slots__ = ("start", "columns", "attempt", "state")
 
-    def __init__(self, start: int, args: list, attempt: int = 0, state: Any = 0):
-        self.start, self.args, self.attempt, self.state = start, args, attempt, state
+    def __init__(self, start: int, columns: tuple, attempt: int = 0, state: Any = 0):
+        self.start, self.columns, self.attempt, self.state = start, columns, attempt, state
+
+    def __len__(self) -> int:
+        return len(self.columns[0])
+
+    def element(self, offset: int) -> tuple:
+        return tuple(c[offset:offset + 1] for c in self.columns)
 
 
 class _Done:
@@ -87,21 +83,23 @@ class _Done:
 
 
 class _Run:
-    def __init__(self, func, items, pool, distributed, batch_size, on_error, retry_delays,
+    def __init__(self, func, columns, pool, distributed, batch_size, on_error, retry_delays,
                  retry_check, progress):
         self.func, self.pool, self.local = func, pool, not distributed
         self.on_error, self.retry_delays, self.retry_check = on_error, list(retry_delays), retry_check
-        self.results: list[Any] = [None] * len(items)
+        n = len(columns[0])
+        self.results: list[Any] = [None] * n
         self.cond = threading.Condition()    # guards todo, remaining, error, drivers
         self.todo: collections.deque[_Batch] = collections.deque(
-            _Batch(start, items[start:start + batch_size]) for start in range(0, len(items), batch_size))
-        self.remaining = len(items)
+            _Batch(start, tuple(c[start:start + batch_size] for c in columns))
+            for start in range(0, n, batch_size))
+        self.remaining = n
         self.error: BaseException | None = None
         self.drivers = 0
         self.progress = progress
         if progress:
             from tqdm.auto import tqdm     # imported on demand: it costs workers 0.1 s at start
-            self.bar = tqdm(total=len(items), unit="task")
+            self.bar = tqdm(total=n, unit="task")
 
     # -- the caller's thread -----------------------------------------------------------------
     def run(self, width: int) -> list:
@@ -163,37 +161,36 @@ class _Run:
             self._collect(batch, handle)
 
     def _submit(self, pid: int, batch: _Batch):
-        elements = batch.args
+        columns = batch.columns
         if pid == myid():
-            return _Done(lambda: _run_batch(self.func, self.on_error, elements))
+            return _Done(lambda: _run_batch(self.func, self.on_error, columns))
         send, extra = self.pool._prepare(self.func, pid)     # a CachingPool sends func once
         func = functools.partial(send, *extra) if extra else send
         try:
-            return send_call(pid, Mode.FETCH, _run_batch, (func, self.on_error, elements), {})
+            return send_call(pid, Mode.FETCH, _run_batch, (func, self.on_error, columns), {})
         except BaseException as err:
             return _DoneError(err)
 
     def _collect(self, batch: _Batch, handle) -> None:
         if isinstance(handle, _Done):
-            values, error = handle.value, handle.error
+            outcome, error = handle.value, handle.error
             if isinstance(error, Exception) and not isinstance(error, ProcessExitedException):
                 error = remote_exception(myid(), error)
         else:
             try:
-                values, error = result(handle), None
+                outcome, error = result(handle), None
             except BaseException as err:
-                values, error = None, err
+                outcome, error = None, err
         if error is not None:
-            for offset in range(len(batch.args)):
+            for offset in range(len(batch)):
                 self._element_failed(batch, offset, error)
             return
+        values, failures = outcome
         start = batch.start
         self.results[start:start + len(values)] = values
-        done = len(values)
-        for offset, value in enumerate(values):
-            if isinstance(value, _ElementFailed):
-                self._element_failed(batch, offset, value.exc)
-                done -= 1
+        for offset, exc in (failures or {}).items():
+            self._element_failed(batch, offset, exc)
+        done = len(values) - len(failures or ())
         if done:
             self._elements_done(done)
 
@@ -216,7 +213,7 @@ class _Run:
                 answer = self.retry_check(state, original)
                 state, retry = answer if isinstance(answer, tuple) else (state, answer)
             if retry:
-                again = _Batch(batch.start + offset, [batch.args[offset]], batch.attempt + 1, state)
+                again = _Batch(batch.start + offset, batch.element(offset), batch.attempt + 1, state)
                 timer = threading.Timer(self.retry_delays[batch.attempt], self._requeue, args=(again,))
                 timer.daemon = True
                 timer.start()
@@ -252,20 +249,21 @@ def pmap(func: Callable, *iterables: Iterable, pool: AbstractWorkerPool | None =
     retry_check(state, exc) -> (state, retry) allows it; the first unhandled failure stops
     the pmap and is raised (RemoteException, or ProcessExitedException for a worker that
     died). progress=True shows a progress bar with rate and ETA."""
-    items = list(zip(*iterables))
+    columns = _columns(iterables)
+    n = len(columns[0])
     pool = pool if pool is not None else default_worker_pool()
     width = pool.length()
     if width == 0 or (pool.workers() == {myid()}):
         distributed = False
     if not distributed:
-        width, batch_size = max(1, min(len(items), width or 1, 32)), 1
+        width, batch_size = max(1, min(n, width or 1, 32)), 1
     elif batch_size == "auto":
-        batch_size = max(1, math.ceil(len(items) / (width * AUTO_BATCHES_PER_WORKER)))
+        batch_size = max(1, math.ceil(n / (width * AUTO_BATCHES_PER_WORKER)))
     elif not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int or 'auto', not {batch_size!r}")
-    if not items:
+    if not n:
         return []
-    run = _Run(func, items, pool, distributed, batch_size, on_error, retry_delays, retry_check, progress)
+    run = _Run(func, columns, pool, distributed, batch_size, on_error, retry_delays, retry_check, progress)
     previous = cluster.relay_write
     if progress:
         from tqdm.auto import tqdm
@@ -274,6 +272,16 @@ def pmap(func: Callable, *iterables: Iterable, pool: AbstractWorkerPool | None =
         return run.run(width)
     finally:
         cluster.relay_write = previous
+
+
+def _columns(iterables: tuple) -> tuple:
+    """One sliceable sequence per argument, all as long as the shortest (like zip). Lists,
+    tuples and ranges are used as they are: a slice of a range pickles in a few bytes."""
+    if not iterables:
+        raise TypeError("pmap needs at least one iterable")
+    columns = tuple(it if isinstance(it, (list, tuple, range)) else list(it) for it in iterables)
+    n = min(len(c) for c in columns)
+    return tuple(c[:n] if len(c) > n else c for c in columns)
 
 
 # -- distributed() ------------------------------------------------------------------------------

@@ -92,10 +92,13 @@ def _pickle(obj, dest, limit: int | None = None):
         body, buffers = None, []
         if not _cloudpickle_impl._PICKLE_BY_VALUE_MODULES:
             _context.pending = []
-            out = _Bounded(limit)
             try:
-                pickle.Pickler(out, protocol=5, buffer_callback=keep(buffers)).dump(obj)
-                body = out.getvalue()
+                if limit is None:
+                    body = pickle.dumps(obj, protocol=5, buffer_callback=keep(buffers))
+                else:
+                    out = _Bounded(limit)
+                    pickle.Pickler(out, protocol=5, buffer_callback=keep(buffers)).dump(obj)
+                    body = out.getvalue()
             except _TooBig:
                 _undo(_context.pending)
                 raise

@@ -23,6 +23,17 @@ def test_several_iterables_are_zipped(cluster):
     assert pmap(lambda a, b: a - b, [5, 6, 7], [1, 2, 3]) == [4, 4, 4]
 
 
+def test_iterables_of_any_kind_are_zipped_to_the_shortest(cluster):
+    generator = (x for x in range(5))
+    out = pmap(lambda a, b, c: a + b + c, generator, [10] * 7, range(100, 103), batch_size=2)
+    assert out == [110, 112, 114]
+
+
+def test_every_failing_element_of_a_batch_is_handled_alone(cluster):
+    out = pmap(lambda x: 1 // (x % 3), range(9), batch_size=9, on_error=lambda e: "zero")
+    assert out == ["zero", 1, 0] * 3
+
+
 def test_work_is_spread_over_the_workers(cluster):
     assert set(pmap(lambda _: myid(), range(40))) == set(cluster)
 
