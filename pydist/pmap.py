@@ -1,8 +1,8 @@
 """pmap and distributed() (Julia: pmap.jl and @distributed in macros.jl).
 
 pmap runs one driver thread (`pydist-pmap-<n>`) per pool member.  A driver borrows a worker
-from the pool and keeps up to PIPELINE_DEPTH batches in flight to it, so a worker never
-waits for the master between tiny tasks; it gives the worker back after LEASE_BATCHES
+from the pool and keeps several batches in flight to it (more while its batches are quick),
+so a worker never waits for the master between tiny tasks; it gives the worker back after LEASE_BATCHES
 batches, so concurrent pmaps on one pool share it.  Element failures go through on_error
 (on the worker), then retry_delays/retry_check (here); the first unhandled failure stops
 the pmap and is raised.
@@ -14,6 +14,7 @@ import collections
 import functools
 import math
 import threading
+import time
 from typing import Any, Callable, Iterable
 
 from . import cluster
@@ -24,9 +25,15 @@ from .process import STATE, myid, result, send_call, workers
 from .refs import fetch
 from .calls import remotecall
 
-# Batches kept in flight per worker: enough to hide a round trip behind the next task,
-# few enough that a dying worker takes little work down with it.
-PIPELINE_DEPTH = 4
+# Batches kept in flight per worker: FIRST_PIPELINE at first; then, while the worker answers
+# within QUICK_BATCH seconds, DEEP_PIPELINE: tiny tasks flow without the worker ever waiting
+# for the master, and several are sent with one write. Slower batches keep SHALLOW_PIPELINE
+# (one running, one queued): more would only leave work queued on one worker at the end
+# while another is idle, and lose more work when a worker dies.
+FIRST_PIPELINE = 4
+DEEP_PIPELINE = 16
+SHALLOW_PIPELINE = 2
+QUICK_BATCH = 0.001
 # A driver returns its worker to the pool after this many batches, letting other users in.
 LEASE_BATCHES = 256
 # batch_size="auto" aims at this many batches per worker (load balance vs. per-call cost).
@@ -89,10 +96,9 @@ class _Run:
         self.on_error, self.retry_delays, self.retry_check = on_error, list(retry_delays), retry_check
         n = len(columns[0])
         self.results: list[Any] = [None] * n
-        self.cond = threading.Condition()    # guards todo, remaining, error, drivers
-        self.todo: collections.deque[_Batch] = collections.deque(
-            _Batch(start, tuple(c[start:start + batch_size] for c in columns))
-            for start in range(0, n, batch_size))
+        self.cond = threading.Condition()    # guards next_start, retries, remaining, error, drivers
+        self.columns, self.batch_size, self.next_start = columns, batch_size, 0
+        self.retries: collections.deque[_Batch] = collections.deque()
         self.remaining = n
         self.error: BaseException | None = None
         self.drivers = 0
@@ -106,7 +112,7 @@ class _Run:
         started = 0
         with self.cond:
             while self.remaining and self.error is None:
-                while self.todo and self.drivers < width:
+                while self._has_work() and self.drivers < width:
                     self.drivers += 1
                     started += 1
                     threading.Thread(target=self._drive, name=f"pydist-pmap-{started}", daemon=True).start()
@@ -120,17 +126,26 @@ class _Run:
         return self.results
 
     # -- driver threads --------------------------------------------------------------------
+    def _has_work(self) -> bool:
+        return self.next_start < len(self.results) or bool(self.retries)
+
     def _next_batch(self) -> _Batch | None:
+        """The next batch to send (made now: a million elements are not a million objects
+        up front), then the elements waiting for a retry."""
         with self.cond:
-            if self.error is not None or not self.todo:
+            if self.error is not None:
                 return None
-            return self.todo.popleft()
+            start = self.next_start
+            if start < len(self.results):
+                self.next_start = end = start + self.batch_size
+                return _Batch(start, tuple(c[start:end] for c in self.columns))
+            return self.retries.popleft() if self.retries else None
 
     def _drive(self) -> None:
         try:
             while True:
                 with self.cond:
-                    if self.error is not None or not self.todo:
+                    if self.error is not None or not self._has_work():
                         return
                 pid = myid() if self.local else self.pool.take()
                 try:
@@ -147,18 +162,22 @@ class _Run:
 
     def _lease(self, pid: int) -> None:
         window: collections.deque = collections.deque()
-        sent = 0
+        sent, depth, last = 0, FIRST_PIPELINE, time.monotonic()
         while True:
-            while len(window) < PIPELINE_DEPTH and sent < LEASE_BATCHES and pid not in STATE.dead:
-                batch = self._next_batch()
-                if batch is None:
-                    break
-                window.append((batch, self._submit(pid, batch)))
-                sent += 1
+            if len(window) <= depth // 2:        # refill in bulk: one write for the lot
+                while len(window) < depth and sent < LEASE_BATCHES and pid not in STATE.dead:
+                    batch = self._next_batch()
+                    if batch is None:
+                        break
+                    window.append((batch, self._submit(pid, batch)))
+                    sent += 1
+                _flush_calls(pid)
             if not window:
                 return
             batch, handle = window.popleft()
             self._collect(batch, handle)
+            now = time.monotonic()
+            depth, last = (DEEP_PIPELINE if now - last < QUICK_BATCH else SHALLOW_PIPELINE), now
 
     def _submit(self, pid: int, batch: _Batch):
         columns = batch.columns
@@ -167,7 +186,8 @@ class _Run:
         send, extra = self.pool._prepare(self.func, pid)     # a CachingPool sends func once
         func = functools.partial(send, *extra) if extra else send
         try:
-            return send_call(pid, Mode.FETCH, _run_batch, (func, self.on_error, columns), {})
+            return send_call(pid, Mode.FETCH, _run_batch, (func, self.on_error, columns), {},
+                             flush=False)
         except BaseException as err:
             return _DoneError(err)
 
@@ -222,7 +242,7 @@ class _Run:
 
     def _requeue(self, batch: _Batch) -> None:
         with self.cond:
-            self.todo.append(batch)
+            self.retries.append(batch)
             self.cond.notify_all()
 
     def _fail(self, error: BaseException) -> None:
@@ -230,6 +250,15 @@ class _Run:
             if self.error is None:
                 self.error = error
             self.cond.notify_all()
+
+
+def _flush_calls(pid: int) -> None:
+    link = STATE.links.get(pid)
+    if link is not None:
+        try:
+            link.flush()
+        except ProcessExitedException:
+            pass                # the calls' replies carry the error
 
 
 class _DoneError(_Done):

@@ -457,13 +457,14 @@ def peer_exited(pid: int) -> None:
 
 
 # -- calls -----------------------------------------------------------------------------------
-def send_call(pid: int, mode: Mode, func, args=(), kwargs=None, rrid=NO_RRID):
-    """Send `func(*args, **kwargs)` to process `pid`; returns the Reply for FETCH and WAIT."""
+def send_call(pid: int, mode: Mode, func, args=(), kwargs=None, rrid=NO_RRID, flush: bool = True):
+    """Send `func(*args, **kwargs)` to process `pid`; returns the Reply for FETCH and WAIT.
+    flush=False leaves a small call queued until the link's next flush (Link.send)."""
     link = get_link(pid)
     body, buffers = dumps((func, args, kwargs or {}), dest=pid)
     if mode is Mode.FETCH or mode is Mode.WAIT:
-        return link.request(mode, body, buffers, rrid)
-    link.send(Kind.CALL, body, buffers, mode=mode, rrid=rrid)
+        return link.request(mode, body, buffers, rrid, flush)
+    link.send(Kind.CALL, body, buffers, mode=mode, rrid=rrid, flush=flush)
     return None
 
 

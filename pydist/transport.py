@@ -346,14 +346,17 @@ class Link:
 
     # -- sending ---------------------------------------------------------------------------
     def send(self, kind: Kind, body: bytes = b"", buffers=(), mode: int = 0, rrid=NO_RRID,
-             msg_id: int = 0) -> None:
+             msg_id: int = 0, flush: bool = True) -> None:
         """Send one frame; raises ProcessExitedException if the link is gone, ValueError if
-        the frame is larger than the peer accepts."""
+        the frame is larger than the peer accepts. flush=False queues a small frame until the
+        next `flush()` or send, so a burst of frames costs one system call."""
         size = len(body) + (sum(b.nbytes for b in buffers) if buffers else 0)
         if size > settings.MAX_FRAME_BYTES:
             raise ValueError(f"a message of {size} bytes to process {self.peer} exceeds the frame limit "
                              f"of {settings.MAX_FRAME_BYTES} bytes (PYDIST_MAX_FRAME_BYTES); send it in "
                              "parts, or raise the limit on every process")
+        if kind is Kind.CALL and not mode & LOCKSTEP:
+            self._calling_lockstep = False      # an unanswered call: no lock-step now
         header = HEADER.pack(kind, mode, len(buffers), rrid[0], rrid[1], msg_id, len(body))
         sizes = struct.pack(f"!{len(buffers)}Q", *(b.nbytes for b in buffers)) if buffers else b""
         if size > _SMALL_FRAME:
@@ -361,7 +364,12 @@ class Link:
             self._flush(wait=True)         # the buffers are the caller's memory: write them now
         else:
             self._outbox.append((b"".join((header, sizes, body, *buffers)), ()))
-            self._flush(wait=False)
+            if flush:
+                self._flush(wait=False)
+
+    def flush(self) -> None:
+        """Write the frames queued with flush=False."""
+        self._flush(wait=False)
 
     def _flush(self, wait: bool) -> None:
         """Write queued frames, in order, unless another thread is writing: that thread then
@@ -375,6 +383,8 @@ class Link:
             try:
                 while outbox:
                     head, buffers = outbox.popleft()
+                    if not buffers and outbox and not outbox[0][1]:
+                        head = self._join_small(head)
                     self.sock.sendall(head)
                     for buf in buffers:
                         self.sock.sendall(buf)
@@ -385,7 +395,16 @@ class Link:
             finally:
                 self._send_lock.release()
 
-    def request(self, mode: int, body: bytes, buffers, rrid=NO_RRID) -> Reply:
+    def _join_small(self, head: bytes) -> bytes:
+        """`head` and the small frames queued after it, as one write (up to _SMALL_FRAME)."""
+        outbox, chunks, size = self._outbox, [head], len(head)
+        while outbox and not outbox[0][1] and size < _SMALL_FRAME:
+            chunk = outbox.popleft()[0]
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+
+    def request(self, mode: int, body: bytes, buffers, rrid=NO_RRID, flush: bool = True) -> Reply:
         """Send a CALL that will be answered; returns the Reply to wait on."""
         reply = Reply(self.peer)
         call_id = next(self._ids)
@@ -401,7 +420,7 @@ class Link:
                 mode |= LOCKSTEP
             self._pending[call_id] = reply
         try:
-            self.send(Kind.CALL, body, buffers, mode=mode, rrid=rrid, msg_id=call_id)
+            self.send(Kind.CALL, body, buffers, mode=mode, rrid=rrid, msg_id=call_id, flush=flush)
         except ValueError:
             with self._pending_lock:
                 self._pending.pop(call_id, None)
