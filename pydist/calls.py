@@ -169,7 +169,7 @@ def _answer(link, msg_id: int, value, failure) -> None:
 
 def _send_quietly(link, kind, body, buffers, msg_id, rrid=NO_RRID) -> None:
     try:
-        link.send(kind, body, buffers, msg_id=msg_id, rrid=rrid)
+        link.answer(kind, body, buffers, msg_id=msg_id, rrid=rrid)
     except Exception:
         pass            # the caller is gone; nobody is waiting for this answer
 

@@ -53,7 +53,7 @@ MAC_SIZE = 32
 ACCEPTED = b"K"
 _KINDS = {int(k): k for k in Kind}
 _HEADER_SIZE = HEADER.size
-_unpack_header = HEADER.unpack
+_unpack_header = HEADER.unpack_from
 _monotonic = time.monotonic
 _SMALL_FRAME = 1 << 16       # frames up to this size are joined and sent with one syscall
 WAKE_SECONDS = 0.2           # a waiter wakes this often so interrupt() can reach it
@@ -395,6 +395,27 @@ class Link:
             finally:
                 self._send_lock.release()
 
+    def answer(self, kind: Kind, body: bytes, buffers=(), msg_id: int = 0, rrid=NO_RRID) -> None:
+        """Send what a call produced (its result, error or pushed value). From a call running
+        inline while the next frame already waits in the buffer, a small answer is held back
+        and goes out in one write with the answers to those frames: the reader flushes before
+        it waits for input, and a hand-off (`_InlineCall`) leaves it to the next reader."""
+        call = getattr(_inline, "call", None)
+        if call is not None and call.link is self and not buffers and self._frame_buffered():
+            with self._role_lock:
+                if not call.moved:
+                    self.send(kind, body, msg_id=msg_id, rrid=rrid, flush=False)
+                    return
+        self.send(kind, body, buffers, msg_id=msg_id, rrid=rrid)
+
+    def _frame_buffered(self) -> bool:
+        """A whole frame without out-of-band buffers is in the receive buffer."""
+        start, end = self._start, self._end
+        if end - start < _HEADER_SIZE:
+            return False
+        _kind, _mode, nbuf, _w, _r, _m, size = _unpack_header(self._rbuf, start)
+        return nbuf == 0 and end - start >= _HEADER_SIZE + size
+
     def _join_small(self, head: bytes) -> bytes:
         """`head` and the small frames queued after it, as one write (up to _SMALL_FRAME)."""
         outbox, chunks, size = self._outbox, [head], len(head)
@@ -469,7 +490,10 @@ class Link:
             self._end += self._receive(self._rview[self._end:])
 
     def _receive(self, view) -> int:
-        """recv_into `view`; polls first for up to SPIN_SECONDS if the peer is quick."""
+        """recv_into `view`; polls first for up to SPIN_SECONDS if the peer is quick. Answers
+        held back (`answer`) are written first: nothing more will join them."""
+        if self._outbox:
+            self._flush(wait=False)
         sock = self.sock
         if self._quick and (self._answering_lockstep or
                             (self._calling_lockstep and len(self._pending) <= 1)):

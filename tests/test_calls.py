@@ -198,3 +198,36 @@ def test_interrupt_raises_keyboard_interrupt_in_the_running_call(cluster):
     assert isinstance(info.value.captured, KeyboardInterrupt)
     assert time.monotonic() - started < 30
     assert remotecall_fetch(add, cluster[0], 1, 2) == 3     # the worker keeps serving
+
+
+# -- calls run on the thread that read them (transport.Link.run_inline) ----------------------
+def _spin_until_exists(path):
+    while not os.path.exists(path):     # busy in Python: no pydist wait to hand reading off
+        pass
+    return "done"
+
+
+def _wait_for_event_forever():
+    threading.Event().wait()            # a wait pydist does not know about
+
+
+def test_a_call_blocked_outside_pydist_does_not_stall_its_link(cluster):
+    remote_do(_wait_for_event_forever, cluster[0])
+    assert remotecall_fetch(add, cluster[0], 1, 2) == 3
+
+
+def test_an_answer_is_not_held_behind_a_busy_call_that_arrived_with_it(no_workers, tmp_path):
+    from pydist import addprocs
+    from pydist.messages import Mode
+    from pydist.process import get_link, result, send_call
+    [worker] = addprocs(1)              # alone: no other traffic on its link flushes the answer
+    flag = tmp_path / "go"
+    assert remotecall_fetch(add, worker, 0) == 0    # this module is imported there now
+    quick = send_call(worker, Mode.FETCH, add, (1, 2), flush=False)
+    busy = send_call(worker, Mode.FETCH, _spin_until_exists, (str(flag),), flush=False)
+    get_link(worker).flush()            # one write: the worker reads both calls at once
+    # within 4 s: before a heartbeat (every 5 s on a quiet link) could flush it by chance
+    assert quick.wait(timeout=4), "the quick call's answer stayed behind the busy call"
+    assert result(quick) == 3
+    flag.touch()
+    assert result(busy) == "done"
