@@ -184,12 +184,19 @@ class _Run:
         if pid == myid():
             return _Done(lambda: _run_batch(self.func, self.on_error, columns))
         send, extra = self.pool._prepare(self.func, pid)     # a CachingPool sends func once
-        func = functools.partial(send, *extra) if extra else send
         try:
+            if self._alone(batch):              # Julia's pmap: one remotecall_fetch per element
+                return send_call(pid, Mode.FETCH, send, (*extra, *(c[0] for c in columns)), {},
+                                 flush=False)
+            func = functools.partial(send, *extra) if extra else send
             return send_call(pid, Mode.FETCH, _run_batch, (func, self.on_error, columns), {},
                              flush=False)
         except BaseException as err:
             return _DoneError(err)
+
+    def _alone(self, batch: _Batch) -> bool:
+        """A remote batch of one element without on_error is a plain call of func."""
+        return len(batch) == 1 and self.on_error is None
 
     def _collect(self, batch: _Batch, handle) -> None:
         if isinstance(handle, _Done):
@@ -205,7 +212,10 @@ class _Run:
             for offset in range(len(batch)):
                 self._element_failed(batch, offset, error)
             return
-        values, failures = outcome
+        if self._alone(batch) and not isinstance(handle, _Done):
+            values, failures = [outcome], None
+        else:
+            values, failures = outcome
         start = batch.start
         self.results[start:start + len(values)] = values
         for offset, exc in (failures or {}).items():
