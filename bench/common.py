@@ -97,15 +97,19 @@ def deadline(seconds: float, what: str):
 # Helpers that a library starts once per parent process and keeps, by design,
 # until that parent exits (they are not workers and hold no work): the
 # resource trackers of multiprocessing and loky.  They are reported, not killed.
-PERSISTENT_HELPERS = ("resource_tracker",)
+# Children a library keeps for the session by design, not workers: multiprocessing's and
+# loky's resource tracker, pydist's fork server (its workers, forked from it, carry the same
+# command line, but are its children, not the master's).
+PERSISTENT_HELPERS = ("resource_tracker", "pydist.worker --fork-server")
 
 
 def _is_persistent_helper(p: psutil.Process) -> bool:
     try:
         cmd = " ".join(p.cmdline())
+        direct = p.ppid() == os.getpid()
     except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
         return False
-    return any(h in cmd for h in PERSISTENT_HELPERS)
+    return direct and any(h in cmd for h in PERSISTENT_HELPERS)
 
 
 class ProcessTracker:

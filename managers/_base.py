@@ -14,12 +14,16 @@ BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THR
 DEFAULT_IMAGE = "pydist-worker:latest"
 
 
+def worker_command(params: dict, exename: str | None = None) -> list[str]:
+    """`exename exeflags -m pydist.worker`: the start of every worker's command line."""
+    return [exename or params["exename"], *params["exeflags"], "-m", "pydist.worker"]
+
+
 def worker_argv(params: dict, *flags: str, exename: str | None = None) -> list[str]:
     """The command that starts one worker: `exename exeflags -m pydist.worker flags`, plus the
     TLS flags when the cluster uses TLS (file paths, which must exist on the worker's host)."""
     tls = params.get("tls")
-    return [exename or params["exename"], *params["exeflags"], "-m", "pydist.worker", *flags,
-            *(tls.argv() if tls is not None else ())]
+    return [*worker_command(params, exename), *flags, *(tls.argv() if tls is not None else ())]
 
 
 def worker_env(params: dict) -> dict[str, str]:

@@ -4,17 +4,25 @@ Each worker is `python -m pydist.worker --bind-to 127.0.0.1`, started in a sessi
 own (a Ctrl-C at the terminal reaches the master only).  The cookie goes in on stdin; the
 worker prints its address on stdout, which stays the worker's output relay.  The master
 dials it (master connects).  `kill` asks the worker to exit, then SIGTERM, then SIGKILL.
+
+Workers are forked by a fork server (_forkserver.py) started with that same command line,
+environment and directory, so a worker costs a fork instead of an interpreter start; where
+that cannot be (PYDIST_FORK_SERVER=0, no fork, the server failed) each worker is spawned.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import threading
 
 from pydist import ClusterManager, WorkerConfig, cluster_cookie
 
-from ._base import worker_argv, worker_env
+from ._base import worker_argv, worker_command, worker_env
+from ._forkserver import ForkServer, ForkServerError
+
+log = logging.getLogger("pydist")
 
 
 class LocalManager(ClusterManager):
@@ -27,14 +35,25 @@ class LocalManager(ClusterManager):
     def launch(self, params: dict, launched: list[WorkerConfig], notify: threading.Condition) -> None:
         bind = "127.0.0.1" if params.get("restrict", self.restrict) else "0.0.0.0"
         argv = worker_argv(params, "--bind-to", bind)
+        command = worker_command(params)
         env = {**os.environ, **worker_env(params)}
         cookie = (cluster_cookie() + "\n").encode()
+        server = ForkServer.for_command(command, env, params["dir"])
         for _ in range(self.n):
-            process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, cwd=params["dir"], env=env,
-                                       start_new_session=True)
-            process.stdin.write(cookie)
-            process.stdin.close()
+            process = stdin = None
+            if server is not None:
+                try:
+                    process, stdin = server.spawn(argv[len(command):])
+                except ForkServerError as err:
+                    log.warning("pydist: %s; starting workers one by one instead", err)
+                    server = None
+            if process is None:
+                process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                           stderr=subprocess.STDOUT, cwd=params["dir"], env=env,
+                                           start_new_session=True)
+                stdin = process.stdin
+            stdin.write(cookie)
+            stdin.close()
             with notify:
                 launched.append(WorkerConfig(io=process.stdout, process=process, ospid=process.pid,
                                              exename=params["exename"], exeflags=params["exeflags"]))

@@ -121,7 +121,7 @@ def ask_to_exit(pid: int, timeout: float) -> bool:
 
 def stop_process(process) -> None:
     """SIGTERM a local worker process, then SIGKILL it if it is still there after TERM_TIMEOUT."""
-    if not isinstance(process, subprocess.Popen) or process.poll() is not None:
+    if not hasattr(process, "poll") or process.poll() is not None:
         return
     process.terminate()
     try:
@@ -131,8 +131,9 @@ def stop_process(process) -> None:
 
 
 def reap(process) -> None:
-    """Collect an exited local worker process so no zombie is left."""
-    if isinstance(process, subprocess.Popen):
+    """Collect an exited local worker process so no zombie is left (a subprocess.Popen, or
+    LocalManager's ForkedProcess, which its fork server reaps)."""
+    if hasattr(process, "wait"):
         try:
             process.wait(settings.TERM_TIMEOUT)
         except subprocess.TimeoutExpired:

@@ -22,6 +22,7 @@ thread, holding any lock; so it only queues the release, and the thread `pydist-
 from __future__ import annotations
 
 import itertools
+import os
 import queue
 import threading
 import weakref
@@ -222,7 +223,17 @@ STATE.handlers[Kind.PUSH] = _on_push
 STATE.handlers[Kind.ADD_CLIENT] = _on_add_client
 STATE.handlers[Kind.DEL_CLIENTS] = _on_del_clients
 STATE.exit_hooks.append(_drop_process)
-threading.Thread(target=_release_loop, name="pydist-refs", daemon=True).start()
+def _start_releasing() -> None:
+    """Start the thread that sends releases; again in a forked child (the fork server's
+    workers), where only the forking thread exists."""
+    global _releases
+    _releases = queue.SimpleQueue()
+    threading.Thread(target=_release_loop, name="pydist-refs", daemon=True).start()
+
+
+_start_releasing()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_start_releasing)
 
 
 # -- owner-side operations (run on the owner; importable so they travel by reference) -------

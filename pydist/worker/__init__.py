@@ -260,7 +260,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tls-cert", help="this worker's TLS certificate (PEM); with --tls-key, --tls-ca")
     parser.add_argument("--tls-key", help="the certificate's private key (PEM)")
     parser.add_argument("--tls-ca", help="the CA that signs every certificate of the cluster")
+    parser.add_argument("--fork-server", type=int, metavar="FD", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.fork_server is not None:        # LocalManager's fork server (forkserver.py)
+        from .forkserver import serve
+        serve(args.fork_server)
     cookie = _read_cookie(args)
     if args.tls_cert or args.tls_key or args.tls_ca:
         if not (args.tls_cert and args.tls_key and args.tls_ca):

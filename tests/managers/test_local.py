@@ -1,0 +1,71 @@
+"""LocalManager: workers forked by the fork server, and spawned when it cannot be used."""
+
+import os
+import random
+import signal
+
+import pytest
+
+from managers import _forkserver
+from pydist import addprocs, remotecall_fetch, rmprocs, settings, workers
+from tests.conftest import wait_until
+
+
+def _parent_and_session():
+    return os.getppid(), os.getsid(0)
+
+
+def _draw():
+    return random.random()
+
+
+def _environment(name):
+    return os.environ.get(name)
+
+
+def test_workers_are_forked_by_one_server_in_sessions_of_their_own(cluster4):
+    parents = {remotecall_fetch(_parent_and_session, w)[0] for w in cluster4}
+    sessions = {remotecall_fetch(_parent_and_session, w)[1] for w in cluster4}
+    assert len(parents) == 1 and parents != {os.getpid()}       # the fork server
+    assert len(sessions) == 4 and os.getsid(0) not in sessions  # Ctrl-C reaches the master only
+
+
+def test_forked_workers_do_not_share_random_state(cluster4):
+    draws = [remotecall_fetch(_draw, w) for w in cluster4]
+    assert len(set(draws)) == 4
+
+
+def test_another_environment_gets_a_server_of_its_own(no_workers):
+    [plain] = addprocs(1)
+    [other] = addprocs(1, env={"PYDIST_TEST_MARK": "42"})
+    assert remotecall_fetch(_environment, other, "PYDIST_TEST_MARK") == "42"
+    assert remotecall_fetch(_environment, plain, "PYDIST_TEST_MARK") is None
+    assert remotecall_fetch(os.getppid, plain) != remotecall_fetch(os.getppid, other)
+
+
+def test_with_the_fork_server_off_workers_are_spawned(no_workers, monkeypatch):
+    monkeypatch.setattr(settings, "FORK_SERVER", False)
+    ids = addprocs(2)
+    assert {remotecall_fetch(os.getppid, w) for w in ids} == {os.getpid()}
+
+
+def test_a_dead_fork_server_leaves_its_workers_working_and_is_replaced(no_workers):
+    first = addprocs(2)
+    server = remotecall_fetch(os.getppid, first[0])
+    [ours] = [s for s in _forkserver._servers.values() if s._process.pid == server]
+    os.kill(server, signal.SIGKILL)
+    wait_until(lambda: ours._gone, what="the master to see its fork server gone")
+    assert [remotecall_fetch(lambda: 7, w) for w in first] == [7, 7]
+    [late] = addprocs(1)
+    assert remotecall_fetch(os.getppid, late) not in (server, os.getpid())
+    rmprocs(*first, late).wait()        # the orphans' exits are still noticed
+    assert workers() == [1]
+
+
+def test_a_fork_server_that_cannot_start_falls_back_to_spawning(no_workers):
+    from pydist import LaunchError
+    with pytest.raises(LaunchError) as info:     # the spawned worker fails the same way
+        addprocs(1, exeflags=["-c", "import sys; sys.exit(3)"])
+    assert info.value.added == [] and "exited before printing its address" in str(info.value.failures)
+    added = addprocs(1)                      # a later launch works again
+    assert workers() == added
