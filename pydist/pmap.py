@@ -23,6 +23,7 @@ from .messages import Mode
 from .pools import AbstractWorkerPool, default_worker_pool
 from .process import STATE, myid, result, send_call, workers
 from .refs import fetch
+from .transport import WAKE_SECONDS
 from .calls import remotecall
 
 # Batches kept in flight per worker: FIRST_PIPELINE at first; then, while the worker answers
@@ -161,23 +162,7 @@ class _Run:
                 self.cond.notify_all()
 
     def _lease(self, pid: int) -> None:
-        window: collections.deque = collections.deque()
-        sent, depth, last = 0, FIRST_PIPELINE, time.monotonic()
-        while True:
-            if len(window) <= depth // 2:        # refill in bulk: one write for the lot
-                while len(window) < depth and sent < LEASE_BATCHES and pid not in STATE.dead:
-                    batch = self._next_batch()
-                    if batch is None:
-                        break
-                    window.append((batch, self._submit(pid, batch)))
-                    sent += 1
-                _flush_calls(pid)
-            if not window:
-                return
-            batch, handle = window.popleft()
-            self._collect(batch, handle)
-            now = time.monotonic()
-            depth, last = (DEEP_PIPELINE if now - last < QUICK_BATCH else SHALLOW_PIPELINE), now
+        _Lease(self, pid).run()
 
     def _submit(self, pid: int, batch: _Batch):
         columns = batch.columns
@@ -260,6 +245,60 @@ class _Run:
             if self.error is None:
                 self.error = error
             self.cond.notify_all()
+
+
+class _Lease:
+    """A worker borrowed by a driver thread. The driver sends batches, several per write;
+    each answer is collected on the link's reader thread as it arrives (a reply callback),
+    and the driver wakes only to send more, once half of what is in flight is done."""
+
+    def __init__(self, run: _Run, pid: int):
+        self.run_, self.pid = run, pid
+        self.cond = threading.Condition(threading.Lock())   # guards in_flight, depth, last
+        self.in_flight = 0
+        self.depth, self.last = FIRST_PIPELINE, time.monotonic()
+
+    def run(self) -> None:
+        run, pid, sent = self.run_, self.pid, 0
+        while True:
+            with self.cond:
+                while self.in_flight > self.depth // 2:
+                    self.cond.wait(WAKE_SECONDS)
+                room = self.depth - self.in_flight
+            batches = []
+            while len(batches) < room and sent < LEASE_BATCHES and pid not in STATE.dead:
+                batch = run._next_batch()
+                if batch is None:
+                    break
+                batches.append(batch)
+            if not batches:
+                with self.cond:
+                    while self.in_flight:
+                        self.cond.wait(WAKE_SECONDS)
+                return
+            sent += len(batches)
+            with self.cond:
+                self.in_flight += len(batches)
+            handles = [run._submit(pid, batch) for batch in batches]
+            _flush_calls(pid)
+            for batch, handle in zip(batches, handles):
+                if isinstance(handle, _Done):
+                    self._answered(batch, handle)
+                else:
+                    handle.add_done_callback(functools.partial(self._answered, batch))
+
+    def _answered(self, batch: _Batch, handle) -> None:
+        try:
+            self.run_._collect(batch, handle)
+        except BaseException as err:
+            self.run_._fail(err)
+        now = time.monotonic()
+        with self.cond:
+            self.in_flight -= 1
+            self.depth = DEEP_PIPELINE if now - self.last < QUICK_BATCH else SHALLOW_PIPELINE
+            self.last = now
+            if self.in_flight <= self.depth // 2:
+                self.cond.notify()
 
 
 def _flush_calls(pid: int) -> None:
