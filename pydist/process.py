@@ -464,7 +464,7 @@ def send_call(pid: int, mode: Mode, func, args=(), kwargs=None, rrid=NO_RRID, fl
     body, buffers = dumps((func, args, kwargs or {}), dest=pid)
     if mode is Mode.FETCH or mode is Mode.WAIT:
         return link.request(mode, body, buffers, rrid, flush)
-    link.send(Kind.CALL, body, buffers, mode=mode, rrid=rrid, flush=flush)
+    link.send(Kind.CALL, body, buffers, mode=mode, rrid=rrid, flush=flush and transport.SOON)
     return None
 
 

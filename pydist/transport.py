@@ -58,6 +58,9 @@ _monotonic = time.monotonic
 _SMALL_FRAME = 1 << 16       # frames up to this size are joined and sent with one syscall
 WAKE_SECONDS = 0.2           # a waiter wakes this often so interrupt() can reach it
 INLINE_SECONDS = 0.001       # a call may keep its link's reader this long; then reading moves
+BURST_SECONDS = 50e-6        # frames sent SOON this close together go out through a writer thread
+_OUTBOX_LIMIT = 4096         # queued frames past which a sender writes (and waits) itself
+SOON = "soon"                # Link.send(flush=SOON): see Link._write_soon
 _MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 
@@ -343,6 +346,8 @@ class Link:
         self._quick = False                     # the last wait for the peer was short
         self._calling_lockstep = False          # our last call had no other in flight
         self._answering_lockstep = False        # so had the peer's last call to us
+        self._last_write = 0.0                  # when a frame sent SOON was last written
+        self._writer_busy = False               # a thread runs _write_queued (_role_lock)
 
     # -- sending ---------------------------------------------------------------------------
     def send(self, kind: Kind, body: bytes = b"", buffers=(), mode: int = 0, rrid=NO_RRID,
@@ -364,8 +369,37 @@ class Link:
             self._flush(wait=True)         # the buffers are the caller's memory: write them now
         else:
             self._outbox.append((b"".join((header, sizes, body, *buffers)), ()))
-            if flush:
+            if flush is SOON:
+                self._write_soon()
+            elif flush:
                 self._flush(wait=False)
+
+    def _write_soon(self) -> None:
+        """Write now, unless a write happened within BURST_SECONDS: the frame then waits for
+        a writer thread, which writes the whole burst in few system calls while the sender
+        goes on (past _OUTBOX_LIMIT frames the sender writes itself: that is the brake)."""
+        now = _monotonic()
+        if now - self._last_write > BURST_SECONDS or len(self._outbox) > _OUTBOX_LIMIT:
+            self._last_write = now
+            self._flush(wait=len(self._outbox) > _OUTBOX_LIMIT)
+            return
+        self._last_write = now
+        with self._role_lock:
+            if self._writer_busy:
+                return
+            self._writer_busy = True
+        run_elsewhere(self._write_queued)
+
+    def _write_queued(self) -> None:
+        while True:
+            try:
+                self._flush(wait=True)
+            except ProcessExitedException:
+                pass                # the link is closed; its calls fail there
+            with self._role_lock:
+                if not self._outbox or self.closed:
+                    self._writer_busy = False
+                    return
 
     def flush(self) -> None:
         """Write the frames queued with flush=False."""

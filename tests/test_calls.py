@@ -231,3 +231,19 @@ def test_an_answer_is_not_held_behind_a_busy_call_that_arrived_with_it(no_worker
     assert result(quick) == 3
     flag.touch()
     assert result(busy) == "done"
+
+
+def _append_line(path, text):
+    with open(path, "a") as f:
+        f.write(text + "\n")
+
+
+def test_a_burst_of_unanswered_calls_is_all_delivered_without_further_traffic(cluster, tmp_path):
+    from tests.conftest import wait_until
+    path = tmp_path / "lines"
+    for i in range(2000):               # back to back: most go out through the link's writer
+        remote_do(_append_line, cluster[0], str(path), str(i))
+    # no other call follows that could push queued frames out: the writer must have done it
+    wait_until(lambda: path.exists() and len(path.read_text().splitlines()) == 2000,
+               what="all 2000 remote_do calls to run")
+    assert sorted(map(int, path.read_text().splitlines())) == list(range(2000))

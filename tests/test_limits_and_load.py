@@ -112,8 +112,8 @@ def test_many_calls_and_channel_traffic_leave_the_reference_tables_empty(cluster
     producer.fetch()
     del rc, producer
     gc.collect()
-    for pid in (1, a, b):
-        wait_until(lambda: remotecall_fetch(table_size, pid) == before[pid],
+    for pid in (1, a, b):    # at most: references left by earlier tests may go meanwhile
+        wait_until(lambda: remotecall_fetch(table_size, pid) <= before[pid],
                    what=f"process {pid}'s reference table to return to {before[pid]} entries")
     rss_after = {pid: remotecall_fetch(_rss_mb, pid) for pid in (1, a, b)}
     _report("soak", {"calls": calls, "megabytes": n * 8, "rss_before_mb": list(rss_before.values()),
