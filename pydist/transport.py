@@ -46,7 +46,7 @@ from .messages import HEADER, LOCKSTEP, NO_RRID, Kind
 
 log = logging.getLogger("pydist")
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2           # 2: the LOCKSTEP flag in a CALL's mode byte
 MAGIC = b"PYDIST"
 HELLO = struct.Struct("!6sHBB32s")
 MAC_SIZE = 32
@@ -592,6 +592,8 @@ class Link:
     def _read_loop(self) -> None:
         reason = "closed"
         try:
+            if self._outbox:
+                self._flush(wait=False)     # answers held by the call that handed reading off
             while True:
                 kind, mode, rrid, msg_id, body, buffers = self.read_frame()
                 if kind is Kind.RESULT or kind is Kind.ERROR:
