@@ -74,10 +74,11 @@ class ForkServer:
             stdin=subprocess.DEVNULL, env=env, cwd=cwd, start_new_session=True)
         theirs.close()
         self._ids = itertools.count(1)
-        self._lock = threading.Lock()        # guards _replies, _children, _gone
+        self._lock = threading.Lock()        # guards _replies, _children, _early_exits, _gone
         self._replies: dict[int, dict] = {}
         self._arrived = threading.Condition(self._lock)
         self._children: dict[int, ForkedProcess] = {}
+        self._early_exits: dict[int, int] = {}     # pid -> code, reported before spawn() saw it
         self._gone = False
         threading.Thread(target=self._read, name="pydist-forkserver", daemon=True).start()
 
@@ -114,8 +115,11 @@ class ForkServer:
                 reply = self._replies.pop(ident, None)
                 if reply is None:
                     raise ForkServerError("the fork server did not answer (it has exited)")
-                process = ForkedProcess(reply["pid"], os.fdopen(stdout_r, "rb", buffering=0))
+                process = ForkedProcess(reply["pid"], os.fdopen(stdout_r, "rb"))
                 self._children[process.pid] = process
+                if process.pid in self._early_exits:    # it ended before we got here
+                    process._set_exit(self._early_exits.pop(process.pid))
+                    del self._children[process.pid]
         except BaseException:
             os.close(stdin_w)
             os.close(stdout_r)
@@ -139,6 +143,8 @@ class ForkServer:
                     child = self._children.pop(news["exited"], None)
                     if child is not None:
                         child._set_exit(news["code"])
+                    else:
+                        self._early_exits[news["exited"]] = news["code"]
                 else:
                     self._replies[news["id"]] = news
                     self._arrived.notify_all()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import itertools
 import math
 import threading
 import time
@@ -26,9 +27,9 @@ from .refs import fetch
 from .transport import WAKE_SECONDS
 from .calls import remotecall
 
-# Batches kept in flight per worker: FIRST_PIPELINE at first; then, while the worker answers
-# within QUICK_BATCH seconds, DEEP_PIPELINE: tiny tasks flow without the worker ever waiting
-# for the master, and several are sent with one write. Slower batches keep SHALLOW_PIPELINE
+# Batches kept in flight per worker: FIRST_PIPELINE at first; then, while each batch is
+# answered within QUICK_BATCH seconds of being sent, DEEP_PIPELINE: tiny tasks flow without
+# the worker ever waiting for the master, and several are sent with one write. Slower batches keep SHALLOW_PIPELINE
 # (one running, one queued): more would only leave work queued on one worker at the end
 # while another is idle, and lose more work when a worker dies.
 FIRST_PIPELINE = 4
@@ -48,10 +49,12 @@ def _run_batch(func: Callable, on_error: Callable | None, columns: tuple) -> tup
     values: list = []
     failures = None
     while True:
-        done = len(values)
-        try:   # map runs the loop in C; extend keeps the values made before an exception
-            values.extend(map(func, *(c[done:] for c in columns)) if done else map(func, *columns))
-            return values, failures
+        stopped: list = []
+        try:   # extend keeps the values made before an exception
+            values.extend(_calls(func, [c[len(values):] for c in columns], stopped))
+            if not stopped:
+                return values, failures
+            failure = stopped[0]
         except Exception as err:
             failure = err
         if on_error is not None:
@@ -63,6 +66,17 @@ def _run_batch(func: Callable, on_error: Callable | None, columns: tuple) -> tup
         values.append(None)
         failures = failures or {}
         failures[len(values) - 1] = remote_exception(myid(), failure)
+
+
+def _calls(func: Callable, columns: list, stopped: list):
+    """func(*args) for each element; a StopIteration from func ends it into `stopped` (map,
+    or a plain generator, would take it for the end of the input and drop the element)."""
+    for args in zip(*columns):
+        try:
+            yield func(*args)
+        except StopIteration as err:
+            stopped.append(err)
+            return
 
 
 class _Batch:
@@ -184,6 +198,8 @@ class _Run:
         return len(batch) == 1 and self.on_error is None
 
     def _collect(self, batch: _Batch, handle) -> None:
+        """Store a batch's answer. Failures go to `_failed` on a runner thread: this may run
+        on a link's reader, which must not run user code (retry_check) that may wait."""
         if isinstance(handle, _Done):
             outcome, error = handle.value, handle.error
             if isinstance(error, Exception) and not isinstance(error, ProcessExitedException):
@@ -194,8 +210,7 @@ class _Run:
             except BaseException as err:
                 outcome, error = None, err
         if error is not None:
-            for offset in range(len(batch)):
-                self._element_failed(batch, offset, error)
+            STATE.runner.submit(self._failed, batch, {offset: error for offset in range(len(batch))})
             return
         if self._alone(batch) and not isinstance(handle, _Done):
             values, failures = [outcome], None
@@ -203,11 +218,18 @@ class _Run:
             values, failures = outcome
         start = batch.start
         self.results[start:start + len(values)] = values
-        for offset, exc in (failures or {}).items():
-            self._element_failed(batch, offset, exc)
+        if failures:
+            STATE.runner.submit(self._failed, batch, failures)
         done = len(values) - len(failures or ())
         if done:
             self._elements_done(done)
+
+    def _failed(self, batch: _Batch, failures: dict) -> None:
+        try:
+            for offset, error in failures.items():
+                self._element_failed(batch, offset, error)
+        except BaseException as err:
+            self._fail(err)
 
     def _elements_done(self, count: int) -> None:
         if self.progress:
@@ -254,9 +276,9 @@ class _Lease:
 
     def __init__(self, run: _Run, pid: int):
         self.run_, self.pid = run, pid
-        self.cond = threading.Condition(threading.Lock())   # guards in_flight, depth, last
+        self.cond = threading.Condition(threading.Lock())   # guards in_flight, depth
         self.in_flight = 0
-        self.depth, self.last = FIRST_PIPELINE, time.monotonic()
+        self.depth = FIRST_PIPELINE
 
     def run(self) -> None:
         run, pid, sent = self.run_, self.pid, 0
@@ -279,24 +301,24 @@ class _Lease:
             sent += len(batches)
             with self.cond:
                 self.in_flight += len(batches)
+            sent_at = time.monotonic()
             handles = [run._submit(pid, batch) for batch in batches]
             _flush_calls(pid)
             for batch, handle in zip(batches, handles):
                 if isinstance(handle, _Done):
-                    self._answered(batch, handle)
+                    self._answered(batch, sent_at, handle)
                 else:
-                    handle.add_done_callback(functools.partial(self._answered, batch))
+                    handle.add_done_callback(functools.partial(self._answered, batch, sent_at))
 
-    def _answered(self, batch: _Batch, handle) -> None:
+    def _answered(self, batch: _Batch, sent_at: float, handle) -> None:
         try:
             self.run_._collect(batch, handle)
         except BaseException as err:
             self.run_._fail(err)
-        now = time.monotonic()
+        quick = time.monotonic() - sent_at < QUICK_BATCH      # answered, queue included
         with self.cond:
             self.in_flight -= 1
-            self.depth = DEEP_PIPELINE if now - self.last < QUICK_BATCH else SHALLOW_PIPELINE
-            self.last = now
+            self.depth = DEEP_PIPELINE if quick else SHALLOW_PIPELINE
             if self.in_flight <= self.depth // 2:
                 self.cond.notify()
 
@@ -327,6 +349,8 @@ def pmap(func: Callable, *iterables: Iterable, pool: AbstractWorkerPool | None =
     retry_check(state, exc) -> (state, retry) allows it; the first unhandled failure stops
     the pmap and is raised (RemoteException, or ProcessExitedException for a worker that
     died). progress=True shows a progress bar with rate and ETA."""
+    if not iterables:
+        return []
     columns = _columns(iterables)
     n = len(columns[0])
     pool = pool if pool is not None else default_worker_pool()
@@ -353,11 +377,17 @@ def pmap(func: Callable, *iterables: Iterable, pool: AbstractWorkerPool | None =
 
 
 def _columns(iterables: tuple) -> tuple:
-    """One sliceable sequence per argument, all as long as the shortest (like zip). Lists,
-    tuples and ranges are used as they are: a slice of a range pickles in a few bytes."""
-    if not iterables:
-        raise TypeError("pmap needs at least one iterable")
-    columns = tuple(it if isinstance(it, (list, tuple, range)) else list(it) for it in iterables)
+    """One sliceable sequence per argument, all as long as the shortest (like zip, so an
+    endless iterator such as itertools.repeat(k) is fine next to a list). Lists, tuples and
+    ranges are used as they are: a slice of a range pickles in a few bytes."""
+    sequences = (list, tuple, range)
+    sized = [len(it) for it in iterables if isinstance(it, sequences)]
+    if sized:
+        n = min(sized)
+        columns = [it if isinstance(it, sequences) else list(itertools.islice(it, n))
+                   for it in iterables]
+    else:
+        columns = [list(column) for column in zip(*zip(*iterables))] or [[] for _ in iterables]
     n = min(len(c) for c in columns)
     return tuple(c[:n] if len(c) > n else c for c in columns)
 

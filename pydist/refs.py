@@ -223,17 +223,28 @@ STATE.handlers[Kind.PUSH] = _on_push
 STATE.handlers[Kind.ADD_CLIENT] = _on_add_client
 STATE.handlers[Kind.DEL_CLIENTS] = _on_del_clients
 STATE.exit_hooks.append(_drop_process)
+_releaser: threading.Thread | None = None      # runs _release_loop, from the first reference on
+_releaser_lock = threading.Lock()
+
+
 def _start_releasing() -> None:
-    """Start the thread that sends releases; again in a forked child (the fork server's
-    workers), where only the forking thread exists."""
-    global _releases
-    _releases = queue.SimpleQueue()
-    threading.Thread(target=_release_loop, name="pydist-refs", daemon=True).start()
+    """Start the thread that sends releases, when the first reference is made: not at import,
+    so the fork server, which imports pydist, has no thread of its own when it forks."""
+    global _releaser
+    with _releaser_lock:
+        if _releaser is None:
+            _releaser = threading.Thread(target=_release_loop, name="pydist-refs", daemon=True)
+            _releaser.start()
 
 
-_start_releasing()
+def _forget_releaser() -> None:
+    """In a forked child: the parent's release thread and queue are not ours."""
+    global _releaser, _releaser_lock, _releases
+    _releaser, _releaser_lock, _releases = None, threading.Lock(), queue.SimpleQueue()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_start_releasing)
+    os.register_at_fork(after_in_child=_forget_releaser)
 
 
 # -- owner-side operations (run on the owner; importable so they travel by reference) -------
@@ -328,6 +339,8 @@ class _Ref:
     # about a new holder: so that notice always leaves before this object's own release.
 
     def _init(self, where: int, rrid: RRID, held: bool) -> None:
+        if _releaser is None:
+            _start_releasing()
         self.where = where
         self.whence, self.id = rrid
         self._held = held

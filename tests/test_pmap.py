@@ -29,6 +29,33 @@ def test_iterables_of_any_kind_are_zipped_to_the_shortest(cluster):
     assert out == [110, 112, 114]
 
 
+def test_an_endless_iterator_beside_a_list_is_cut_to_the_list(cluster):
+    import itertools
+    assert pmap(lambda a, b: a * b, [1, 2, 3], itertools.repeat(10)) == [10, 20, 30]
+    assert pmap(square) == []
+
+
+def _first_even(xs):
+    return next(x for x in xs if x % 2 == 0)    # StopIteration when there is none
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_stop_iteration_from_func_is_a_failure_not_the_end_of_the_batch(cluster, batch_size):
+    data = [[1, 2], [3, 5], [4], [7]]
+    assert pmap(_first_even, data, batch_size=batch_size, on_error=lambda e: type(e).__name__) \
+        == [2, "StopIteration", 4, "StopIteration"]
+    with pytest.raises(RemoteException) as info:
+        pmap(_first_even, data, batch_size=batch_size)
+    assert isinstance(info.value.captured, StopIteration)
+
+
+def test_retry_check_may_call_workers(cluster):
+    def check(state, exc):
+        return state, remotecall_fetch(myid, cluster[0]) == cluster[0] and state == 0
+    with pytest.raises(RemoteException):
+        pmap(lambda x: 1 // 0, range(4), retry_delays=[0.01], retry_check=check)
+
+
 def test_every_failing_element_of_a_batch_is_handled_alone(cluster):
     out = pmap(lambda x: 1 // (x % 3), range(9), batch_size=9, on_error=lambda e: "zero")
     assert out == ["zero", 1, 0] * 3

@@ -10,7 +10,8 @@ Requests (SOCK_SEQPACKET, one JSON message each, with two file descriptors attac
 child's stdin and stdout):  {"id": n, "argv": [...]}  ->  {"id": n, "pid": child}
 Unasked:  {"exited": pid, "code": returncode}  when a child ends (the server reaps it).
 The server ignores SIGINT (a Ctrl-C reaches the workers and the master, which handle it) and
-exits when the master closes the socket. Only the main thread exists when it forks.
+exits when the master closes the socket. It starts no thread (importing pydist starts none),
+so a fork copies one thread only.
 """
 
 from __future__ import annotations
