@@ -35,7 +35,8 @@ from .process import (STATE, WorkerInfo, add_members, call_fetch, cluster_cookie
                       configure_heartbeat, on_close, on_frame, peer_exited, secure, start_heartbeat,
                       workers)
 from .serialize import dumps, loads
-from .transport import Link, handshake
+from .handshake import handshake
+from .transport import Link
 from .worker import parse_address
 
 log = logging.getLogger("pydist")

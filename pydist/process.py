@@ -34,7 +34,8 @@ from . import settings, transport
 from .errors import CapturedException, ProcessExitedException, RemoteException
 from .messages import NO_RRID, Kind, Mode
 from .serialize import dumps, loads
-from .transport import HandshakeError, Link, ProtocolError, dial, handshake, serve
+from .handshake import HandshakeError, handshake
+from .transport import Link, ProtocolError, dial, serve
 
 log = logging.getLogger("pydist")
 

@@ -17,7 +17,7 @@ from conftest import remove_all_workers  # noqa: E402
 from pydist import addprocs, cluster_cookie, remotecall_fetch  # noqa: E402
 from pydist.messages import HEADER, Kind  # noqa: E402
 from pydist.process import STATE  # noqa: E402
-from pydist.transport import HELLO, MAGIC, handshake  # noqa: E402
+from pydist.handshake import HELLO, MAGIC, handshake  # noqa: E402
 
 EXAMPLES = int(os.environ.get("PYDIST_FUZZ_EXAMPLES", "500"))
 MARKER = "/tmp/pydist-fuzz-pwned"

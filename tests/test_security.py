@@ -15,7 +15,7 @@ import pytest
 from pydist import cluster_cookie, remotecall_fetch
 from pydist.messages import HEADER, Kind
 from pydist.process import STATE
-from pydist.transport import HELLO, MAGIC, PROTOCOL_VERSION, HandshakeError, handshake
+from pydist.handshake import HELLO, MAGIC, PROTOCOL_VERSION, HandshakeError, handshake
 
 
 def worker_address(pid):
@@ -117,7 +117,7 @@ def test_a_silent_client_does_not_block_the_listener(cluster):
 
 def test_handshake_macs_depend_on_both_nonces_and_the_role():
     key = b"k"
-    from pydist.transport import _mac
+    from pydist.handshake import _mac
     assert _mac(key, b"A", b"1", b"2") != _mac(key, b"D", b"1", b"2")
     assert _mac(key, b"A", b"1", b"2") != _mac(key, b"A", b"2", b"1")
     assert _mac(key, b"A", b"1", b"2") == hmac.new(key, b"A12", hashlib.sha256).digest()

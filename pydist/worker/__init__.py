@@ -32,7 +32,8 @@ from ..messages import Kind
 from ..process import (STATE, WorkerInfo, accept, add_members, cluster_cookie, configure_heartbeat,
                        dial_peer, listen, on_close, on_frame, register_link, secure)
 from ..serialize import dumps, loads
-from ..transport import HandshakeError, Link, dial, handshake
+from ..handshake import HandshakeError, handshake
+from ..transport import Link, dial
 
 ADDRESS_PREFIX = "pydist_worker:"
 
