@@ -495,13 +495,16 @@ def call_fetch(pid: int, func, *args, **kwargs):
 
 # -- heartbeats ------------------------------------------------------------------------------
 _heartbeat_wake = threading.Event()      # set to make the heartbeat thread re-read its settings
+_heartbeat_since = 0.0                   # silence counts from here at most (configure_heartbeat)
 
 
 def configure_heartbeat(timeout: float, interval: float | None = None) -> None:
     """Declare a peer dead after `timeout` seconds of silence; ping quiet links every
     `interval` (default timeout / 4). 0 disables heartbeats."""
+    global _heartbeat_since
     settings.HEARTBEAT_TIMEOUT = float(timeout)
     settings.HEARTBEAT_INTERVAL = float(timeout) / 4 if interval is None else float(interval)
+    _heartbeat_since = time.monotonic()     # silence before now was under the old settings
     _heartbeat_wake.set()
     start_heartbeat()
 
@@ -526,7 +529,7 @@ def _heartbeat_loop() -> None:
         with STATE.cond:
             links = list(STATE.links.values())
         for link in links:
-            quiet = now - link.last_heard
+            quiet = now - max(link.last_heard, _heartbeat_since)
             if quiet > timeout:
                 log.warning("pydist: process %s did not answer for %.1f s: declaring it dead",
                             link.peer, quiet)

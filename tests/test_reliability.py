@@ -12,6 +12,7 @@ import pytest
 
 from conftest import remove_all_workers
 from pydist import (ClusterManager, LaunchError, ProcessExitedException, WorkerConfig, addprocs,
+                    everywhere,
                     cluster_cookie, myid, remotecall, remotecall_fetch, workers)
 from pydist import settings
 from pydist.process import STATE, configure_heartbeat
@@ -39,6 +40,17 @@ def test_frozen_worker_is_declared_dead_after_the_heartbeat_timeout(short_heartb
         assert pid not in workers()
     finally:
         os.kill(ospid, signal.SIGKILL)
+
+
+def test_a_shorter_heartbeat_set_at_run_time_pings_quiet_links_before_judging(short_heartbeat):
+    a, b = addprocs(2)
+    assert remotecall_fetch(lambda other: remotecall_fetch(myid, other), b, a) == a  # b-a link
+    time.sleep(1.5)                     # every link now quiet for longer than the new timeout
+    configure_heartbeat(1.0, 0.1)
+    everywhere("from pydist.process import configure_heartbeat; configure_heartbeat(1.0, 0.1)")
+    time.sleep(2)
+    assert sorted(workers()) == [a, b]
+    assert remotecall_fetch(lambda other: remotecall_fetch(myid, other), b, a) == a
 
 
 def test_busy_worker_is_not_declared_dead(short_heartbeat):
