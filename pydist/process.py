@@ -61,11 +61,12 @@ class _Runner:
     in a backlog, and the thread `pydist-runner-watch` starts one more thread each
     STARVATION_CHECK seconds in which no work finished: calls blocked for good (a take on an
     empty channel, a call back into its caller) still never keep another call from running,
-    while a burst of quick calls does not start a thread per call."""
+    while a burst of calls does not start a thread per call. Quick calls need no thread at
+    all (they run on the link's reader); a thread is taken when a call waits or runs long."""
 
     IDLE_SECONDS = 30.0      # an idle thread lingers this long for the next call
-    SOFT_LIMIT = 32          # threads started at once; more only when work is starved
-    STARVATION_CHECK = 0.05  # short: a starved call waits this long per extra thread
+    SOFT_LIMIT = 128         # threads started at once; more only when work is starved
+    STARVATION_CHECK = 0.01  # short: a starved call waits this long per extra thread
 
     def __init__(self):
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
