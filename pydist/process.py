@@ -461,7 +461,8 @@ def peer_exited(pid: int) -> None:
 # -- calls -----------------------------------------------------------------------------------
 def send_call(pid: int, mode: Mode, func, args=(), kwargs=None, rrid=NO_RRID, flush: bool = True):
     """Send `func(*args, **kwargs)` to process `pid`; returns the Reply for FETCH and WAIT.
-    flush=False leaves a small call queued until the link's next flush (Link.send)."""
+    flush=False leaves a small call queued until the link's next flush (Link.send); an
+    unanswered call (FUTURE, DO) in a burst may go out through the link's writer thread."""
     link = get_link(pid)
     body, buffers = dumps((func, args, kwargs or {}), dest=pid)
     if mode is Mode.FETCH or mode is Mode.WAIT:

@@ -256,10 +256,11 @@ class Link:
 
     # -- sending ---------------------------------------------------------------------------
     def send(self, kind: Kind, body: bytes = b"", buffers=(), mode: int = 0, rrid=NO_RRID,
-             msg_id: int = 0, flush: bool = True) -> None:
+             msg_id: int = 0, flush: bool | str = True) -> None:
         """Send one frame; raises ProcessExitedException if the link is gone, ValueError if
         the frame is larger than the peer accepts. flush=False queues a small frame until the
-        next `flush()` or send, so a burst of frames costs one system call."""
+        next `flush()` or send, so a burst of frames costs one system call; flush=SOON lets
+        a writer thread send it with the rest of a burst (`_write_soon`)."""
         size = len(body) + (sum(b.nbytes for b in buffers) if buffers else 0)
         if size > settings.MAX_FRAME_BYTES:
             raise ValueError(f"a message of {size} bytes to process {self.peer} exceeds the frame limit "
