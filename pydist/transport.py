@@ -252,6 +252,9 @@ class Link:
         self._calling_lockstep = False          # our last call had no other in flight
         self._answering_lockstep = False        # so had the peer's last call to us
         self._last_write = 0.0                  # when a frame sent SOON was last written
+        self._reader_idle = False               # the reader waits in _await_request
+        self._request_sent = threading.Lock()   # released by request() to wake it
+        self._request_sent.acquire()
         self._writer_busy = False               # a thread runs _write_queued (_role_lock)
 
     # -- sending ---------------------------------------------------------------------------
@@ -386,6 +389,11 @@ class Link:
             with self._pending_lock:
                 self._pending.pop(call_id, None)
             raise
+        if self._reader_idle:
+            try:
+                self._request_sent.release()
+            except RuntimeError:
+                pass                        # already signalled
         return reply
 
     # -- receiving -------------------------------------------------------------------------
@@ -437,6 +445,8 @@ class Link:
         sock = self.sock
         if self._quick and (self._answering_lockstep or
                             (self._calling_lockstep and len(self._pending) <= 1)):
+            if not self._pending and not self._answering_lockstep:
+                self._await_request()       # the caller needs the GIL first, to send it
             deadline = _monotonic() + settings.SPIN_SECONDS
             while True:
                 try:
@@ -456,6 +466,17 @@ class Link:
         if self._can_spin:
             self._quick = _monotonic() - began < settings.SPIN_SECONDS
         return k
+
+    def _await_request(self) -> None:
+        """Between a lock-step answer and the next call, sleep (without the GIL) until the
+        caller has sent that call, or SPIN_SECONDS pass. Polling meanwhile would keep the
+        GIL from the very thread that must run to send it."""
+        signal = self._request_sent
+        signal.acquire(blocking=False)          # a stale signal from an earlier call
+        self._reader_idle = True
+        if not self._pending:
+            signal.acquire(timeout=settings.SPIN_SECONDS)
+        self._reader_idle = False
 
     def _read_big(self, n: int):
         """A body or buffer larger than the block: received straight into its own memory."""
