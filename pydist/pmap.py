@@ -111,7 +111,8 @@ class _Run:
         self.on_error, self.retry_delays, self.retry_check = on_error, list(retry_delays), retry_check
         n = len(columns[0])
         self.results: list[Any] = [None] * n
-        self.cond = threading.Condition()    # guards next_start, retries, remaining, error, drivers
+        self.cond = threading.Condition()    # guards next_start, retries, error, drivers
+        self.count_lock = threading.Lock()   # guards remaining (changed per answer: cheaper)
         self.columns, self.batch_size, self.next_start = columns, batch_size, 0
         self.retries: collections.deque[_Batch] = collections.deque()
         self.remaining = n
@@ -234,9 +235,11 @@ class _Run:
     def _elements_done(self, count: int) -> None:
         if self.progress:
             self.bar.update(count)
-        with self.cond:
+        with self.count_lock:
             self.remaining -= count
-            if not self.remaining:
+            finished = not self.remaining
+        if finished:
+            with self.cond:
                 self.cond.notify_all()
 
     def _element_failed(self, batch: _Batch, offset: int, error: BaseException) -> None:
@@ -276,16 +279,19 @@ class _Lease:
 
     def __init__(self, run: _Run, pid: int):
         self.run_, self.pid = run, pid
-        self.cond = threading.Condition(threading.Lock())   # guards in_flight, depth
+        self.cond = threading.Condition(threading.Lock())   # guards in_flight, depth, waiting
         self.in_flight = 0
         self.depth = FIRST_PIPELINE
+        self.waiting = False          # the driver sleeps until in_flight <= depth // 2
 
     def run(self) -> None:
         run, pid, sent = self.run_, self.pid, 0
         while True:
             with self.cond:
                 while self.in_flight > self.depth // 2:
+                    self.waiting = True
                     self.cond.wait(WAKE_SECONDS)
+                self.waiting = False
                 room = self.depth - self.in_flight
             batches = []
             while len(batches) < room and sent < LEASE_BATCHES and pid not in STATE.dead:
@@ -296,7 +302,9 @@ class _Lease:
             if not batches:
                 with self.cond:
                     while self.in_flight:
+                        self.waiting = True
                         self.cond.wait(WAKE_SECONDS)
+                    self.waiting = False
                 return
             sent += len(batches)
             with self.cond:
@@ -319,7 +327,8 @@ class _Lease:
         with self.cond:
             self.in_flight -= 1
             self.depth = DEEP_PIPELINE if quick else SHALLOW_PIPELINE
-            if self.in_flight <= self.depth // 2:
+            if self.waiting and (self.in_flight <= self.depth // 2 or not self.in_flight):
+                self.waiting = False          # one wake-up is enough
                 self.cond.notify()
 
 
