@@ -8,8 +8,9 @@ Every process (master and workers) has one `STATE`.  It owns:
   links (Julia does the same);
 * the membership table (`members`: id -> WorkerInfo), which the master keeps current on
   every worker, so `workers()` and friends agree everywhere;
-* the runner, which gives every incoming call a thread of its own (idle threads are reused),
-  so a call blocked in `take()` never stops another call or the reader threads;
+* the runner, which gives a link's reading a new thread when the call running on its reader
+  waits or runs long (idle threads are reused), so a call blocked in `take()` never stops
+  another call or the reading of its link;
 * the heartbeat thread (`pydist-heartbeat`), which pings quiet links and closes links whose
   peer stopped answering, so nothing waits forever on a frozen or cut-off process.
 
@@ -411,7 +412,7 @@ def listen(host: str, port: int = 0, advertise: str | None = None) -> tuple[str,
 
 
 def on_frame(link: Link, kind: Kind, mode, rrid, msg_id, body, buffers) -> bool:
-    """Dispatch one frame; True when the handler took over this thread (Link.read_elsewhere)."""
+    """Dispatch one frame; True when another thread reads the link now (Link.run_inline)."""
     handler = STATE.handlers.get(kind)
     if handler is None:
         raise ProtocolError(f"unexpected {kind.name} frame")
