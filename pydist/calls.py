@@ -33,7 +33,7 @@ from .transport import release_reading
 log = logging.getLogger("pydist")
 
 # -- interrupting running calls ------------------------------------------------------------
-_running_lock = threading.Condition()  # guards _running and _interrupted; notified when a call ends
+_running_lock = threading.Condition()  # guards _running, _interrupted, _idle_waiters; notified when idle
 _running: set[int] = set()           # thread ids running a user function now
 _interrupted: set[int] = set()       # of those, the ones already sent a KeyboardInterrupt
 _wakeups: dict[int, threading.Event] = {}   # thread id -> Event an interruptible sleep waits on
@@ -57,11 +57,19 @@ def interrupt_calls() -> int:
     return len(targets)
 
 
+_idle_waiters = 0                    # threads in wait_idle (guarded by _running_lock)
+
+
 @internal
 def wait_idle(timeout: float) -> bool:
     """Block until this process runs no user call (up to `timeout` s); True if it is idle."""
+    global _idle_waiters
     with _running_lock:
-        return _running_lock.wait_for(lambda: not _running, timeout)
+        _idle_waiters += 1
+        try:
+            return _running_lock.wait_for(lambda: not _running, timeout)
+        finally:
+            _idle_waiters -= 1
 
 
 def interruptible_sleep(seconds: float) -> None:
@@ -94,7 +102,8 @@ def _run_user(func: Callable, args, kwargs):
             if tid in _interrupted:
                 _interrupted.discard(tid)
                 _set_async_exc(tid, None)     # cancel an interrupt not delivered yet
-            _running_lock.notify_all()
+            if _idle_waiters and not _running:
+                _running_lock.notify_all()
 
 
 

@@ -180,12 +180,14 @@ class _Run:
         _Lease(self, pid).run()
 
     def _submit(self, pid: int, batch: _Batch):
-        columns = batch.columns
+        columns, alone = batch.columns, self._alone(batch)
         if pid == myid():
+            if alone:
+                return _Done(lambda: self.func(*(c[0] for c in columns)))
             return _Done(lambda: _run_batch(self.func, self.on_error, columns))
         send, extra = self.pool._prepare(self.func, pid)     # a CachingPool sends func once
         try:
-            if self._alone(batch):              # Julia's pmap: one remotecall_fetch per element
+            if alone:                           # Julia's pmap: one remotecall_fetch per element
                 return send_call(pid, Mode.FETCH, send, (*extra, *(c[0] for c in columns)), {},
                                  flush=False)
             func = functools.partial(send, *extra) if extra else send
@@ -195,7 +197,8 @@ class _Run:
             return _DoneError(err)
 
     def _alone(self, batch: _Batch) -> bool:
-        """A remote batch of one element without on_error is a plain call of func."""
+        """A batch of one element without on_error is a plain call of func: its answer is
+        the value itself, not _run_batch's (values, failures)."""
         return len(batch) == 1 and self.on_error is None
 
     def _collect(self, batch: _Batch, handle) -> None:
@@ -213,10 +216,7 @@ class _Run:
         if error is not None:
             STATE.runner.submit(self._failed, batch, {offset: error for offset in range(len(batch))})
             return
-        if self._alone(batch) and not isinstance(handle, _Done):
-            values, failures = [outcome], None
-        else:
-            values, failures = outcome
+        values, failures = ([outcome], None) if self._alone(batch) else outcome
         start = batch.start
         self.results[start:start + len(values)] = values
         if failures:
