@@ -30,9 +30,9 @@ from . import settings
 from .calls import interrupt_calls, internal, remote_do
 from .errors import LaunchError, ProcessExitedException
 from .manager import ClusterManager, WorkerConfig, default_addprocs_params, reap, stop_process
-from .messages import Kind
-from .process import (STATE, WorkerInfo, add_members, call_fetch, cluster_cookie, myid,
-                      configure_heartbeat, on_close, on_frame, peer_exited, secure, start_heartbeat,
+from .messages import Kind, Mode
+from .process import (STATE, WorkerInfo, add_members, cluster_cookie, myid, configure_heartbeat,
+                      on_close, on_frame, peer_exited, result, secure, send_call, start_heartbeat,
                       workers)
 from .serialize import dumps, loads
 from .handshake import handshake
@@ -418,19 +418,26 @@ def _sync_members() -> None:
 
 
 def _on_each(pids: list[int], func, *args) -> None:
-    """Run an internal func on each worker, in parallel, and wait for all (a worker that is
-    gone meanwhile is skipped, with a log line)."""
-    def one(pid):
+    """Run an internal func on each worker, in parallel, and wait for all, EXIT_TIMEOUT at
+    most in total (a worker that is gone meanwhile is skipped, with a log line)."""
+    def failed(pid, err):
+        gone = isinstance(err, ProcessExitedException) or pid not in STATE.members
+        (log.debug if gone else log.warning)("pydist: could not update worker %s: %s", pid, err)
+    deadline = time.monotonic() + settings.EXIT_TIMEOUT
+    replies = []
+    for pid in pids:
         try:
-            call_fetch(pid, func, *args)
+            replies.append((pid, send_call(pid, Mode.FETCH, func, args)))
         except Exception as err:
-            gone = isinstance(err, ProcessExitedException) or pid not in STATE.members
-            (log.debug if gone else log.warning)("pydist: could not update worker %s: %s", pid, err)
-    threads = [threading.Thread(target=one, args=(p,), daemon=True) for p in pids]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(settings.EXIT_TIMEOUT)
+            failed(pid, err)
+    for pid, reply in replies:
+        if not reply.wait(max(0.0, deadline - time.monotonic())):
+            failed(pid, TimeoutError(f"no answer within {settings.EXIT_TIMEOUT:g} s"))
+            continue
+        try:
+            result(reply)
+        except Exception as err:
+            failed(pid, err)
 
 
 # -- workers leaving --------------------------------------------------------------------------

@@ -89,7 +89,8 @@ class _Runner:
                 self._alive += 1
             else:
                 self._backlog += 1
-                self._lock.notify()
+                if self._backlog == 1:
+                    self._lock.notify()         # wake the watch: a backlog began
                 if self._watch is None:
                     self._watch = threading.Thread(target=self._watch_backlog, daemon=True,
                                                    name="pydist-runner-watch")
@@ -131,8 +132,8 @@ class _Runner:
             while True:
                 self._lock.wait_for(lambda: self._backlog > 0)
                 done = self._done
-                self._lock.wait(self.STARVATION_CHECK)
-                if self._backlog and self._done == done:     # nothing finished: starved
+                progressed = self._lock.wait_for(lambda: self._done != done, self.STARVATION_CHECK)
+                if self._backlog and not progressed:         # nothing finished: starved
                     self._backlog -= 1
                     self._alive += 1
                     self._lock.release()
