@@ -109,6 +109,7 @@ class _Job:
 _lock = threading.Condition()     # guards every _Job's mutable fields, _live, _watcher_started
 _live: dict[tuple[int, str], _Job] = {}          # (id(manager), job_id) -> job, until it ends
 _submitted: set[str] = set()      # every job id this process submitted (to spot stale offers)
+_awaited: set[str] = set()        # job ids whose launch is taking its workers' offers now
 _watcher_started = False
 
 
@@ -243,7 +244,17 @@ class JobManager(ClusterManager):
         ends, or does not bring all its workers within worker_timeout of starting."""
         worker_timeout = float(self.worker_timeout or params["worker_timeout"])
         missing = {f"{job.job_id}.{task}" for task in range(job.ntasks)}
-        foreign: list[WorkerConfig] = []
+
+        def mine_or_stale(config: WorkerConfig) -> bool:
+            """This job's offer, or one from a job of ours that no launch awaits any more;
+            another launch's workers are left to it."""
+            ident = str(config.ident)
+            owner = _owner_of(ident)
+            with _lock:
+                return ident in missing or (owner in _submitted and owner not in _awaited)
+
+        with _lock:
+            _awaited.add(job.job_id)
         try:
             while missing:
                 now = time.monotonic()
@@ -261,27 +272,23 @@ class JobManager(ClusterManager):
                     if now >= deadline:
                         raise self._failure(job, missing, f"did not join {head} "
                                             f"within {worker_timeout:.0f} s of the job starting")
-                config = listener.next_offer(min(self.poll_interval, deadline - now), _ours)
+                config = listener.next_offer(min(self.poll_interval, deadline - now), mine_or_stale)
                 if config is None:
                     continue
                 ident = str(config.ident)
-                with _lock:
-                    stale = _owner_of(ident) in _submitted
-                    if ident in missing:
-                        job.joined += 1
-                if ident in missing:
-                    missing.discard(ident)
-                    with notify:
-                        launched.append(config)
-                        notify.notify_all()
-                elif stale:
+                if ident not in missing:
                     log.warning("pydist: refused worker %s: its launch is over", ident)
                     _close(config)
-                else:
-                    foreign.append(config)
+                    continue
+                with _lock:
+                    job.joined += 1
+                missing.discard(ident)
+                with notify:
+                    launched.append(config)
+                    notify.notify_all()
         finally:
-            for config in foreign:        # another job's worker: give it back
-                listener.give_back(config)
+            with _lock:
+                _awaited.discard(job.job_id)
 
     def _failure(self, job: _Job, missing: set[str], why: str) -> LaunchError:
         tasks = sorted(int(ident.rpartition(".")[2]) for ident in missing)
@@ -420,7 +427,8 @@ def _end_all() -> None:
 
 # -- helpers --------------------------------------------------------------------------------
 def _ours(config: WorkerConfig) -> bool:
-    """An offer from a worker of a job this process submitted (ident `<job_id>.<task>`)."""
+    """An offer from a worker of a job this process submitted (ident `<job_id>.<task>`):
+    the join listener keeps such offers for the launches (listener.claim)."""
     with _lock:
         return _owner_of(str(config.ident)) in _submitted
 
