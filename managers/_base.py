@@ -1,10 +1,13 @@
-"""What two or more backends share: the worker command, its environment, subprocess calls.
+"""What two or more backends share: the worker command, its environment, subprocess calls,
+"host:port" text and refusing a worker that dialed in.
 
 A backend module holds only what differs (see STYLE.md, "A manager module").
 """
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 from typing import Sequence
 
@@ -12,6 +15,10 @@ BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THR
 
 # The image `bash deploy/docker/build.sh` tags: DockerManager's and KubernetesManager's default.
 DEFAULT_IMAGE = "pydist-worker:latest"
+
+# PYDIST_* names never passed on: secrets (the cookie travels apart from the environment) and
+# the master's own worker identity, which would name every worker alike.
+NOT_FORWARDED = re.compile(r"COOKIE|SECRET|TOKEN|PASSWORD|KEY|^PYDIST_WORKER_IDENT$")
 
 
 def worker_command(params: dict, exename: str | None = None) -> list[str]:
@@ -35,6 +42,28 @@ def worker_env(params: dict) -> dict[str, str]:
         env.update({name: "1" for name in BLAS_THREAD_VARIABLES})
     env.update({str(k): str(v) for k, v in dict(params.get("env") or {}).items()})
     return env
+
+
+def forwarded_env() -> dict[str, str]:
+    """The master's PYDIST_* settings, for workers whose environment is not the master's
+    (containers, pods, SSH sessions): a setting made for the master then holds on its workers
+    too (settings.py).  Secret-looking names and PYDIST_WORKER_IDENT stay behind."""
+    return {k: v for k, v in os.environ.items() if k.startswith("PYDIST_") and not NOT_FORWARDED.search(k)}
+
+
+def host_port(host: str, port: int | str) -> str:
+    """The text "host:port", an IPv6 address in brackets ("[::1]:9090") so the port stays
+    apart: what workers dial, and how errors and messages name an address."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def refuse(config) -> None:
+    """Refuse a worker that dialed in (its `WorkerConfig.sock`): closing its link makes it exit.
+    Shared by the join path's managers, which all meet offers no launch wants."""
+    try:
+        config.sock.close()
+    except (OSError, AttributeError):
+        pass
 
 
 class CommandError(RuntimeError):

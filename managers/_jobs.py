@@ -15,10 +15,10 @@ How one launch goes (`JobManager.launch`, on addprocs's `pydist-launch` thread):
 1. Open the master's join listener (managers.elastic) and, if the backend wants one, write the
    cookie to a 0600 file the job can read.  Build the spec and submit it: one job of n tasks.
 2. Wait for joins.  Every worker of the job is `python -m pydist.worker --join HEAD` with the
-   ident `<job_id>.<task>`, so each offer maps to its job and task; offers of other jobs of
-   this process (a cancelled launch's late workers) are refused, foreign ones are handed back
-   to the listener when the launch ends.  Between offers the launch reads the job's latest
-   state, which the watcher keeps current:
+   ident `<job_id>.<task>`, so each offer maps to its job and task; offers of jobs of this
+   process that no launch awaits (a cancelled launch's late workers) are refused, another
+   launch's and foreign ones are left on the listener.  Between offers the launch reads the
+   job's latest state, which the watcher keeps current:
    * PENDING longer than `queue_timeout` (counted from submission): cancel, LaunchError with
      the scheduler's pending reason;
    * RUNNING: `worker_timeout` counts from the first poll that saw it running, not from
@@ -32,11 +32,14 @@ How one launch goes (`JobManager.launch`, on addprocs's `pydist-launch` thread):
 Walltime: with `walltime_margin` set, the watcher keeps reading the job's end time and, once
 `walltime_margin` seconds are left, retires the job's workers (a warning is logged): the
 default pool lends them no more work, the calls they run may finish during the first half of
-the margin, then they are removed — so they leave cleanly before the scheduler kills them.
+the margin, then they are removed together (one rmprocs) — so they leave cleanly before the
+scheduler kills them.
 
 Threads: `pydist-jobs-poll`, the watcher, is started by the first job and owned by this
 module; it sleeps on `_lock` until the next job is due, then makes one `poll` call per backend
 class for all of that backend's watched jobs.  It is the only code that polls a scheduler.
+`pydist-retire-<job_id>`, started by the watcher when a job reaches its walltime margin,
+retires that job's workers and ends once its rmprocs call is made.
 """
 
 from __future__ import annotations
@@ -57,9 +60,9 @@ import time
 from typing import Any
 
 from pydist import ClusterManager, LaunchError, WorkerConfig, cluster_cookie
-from pydist.pools import retire_worker
+from pydist.pools import retire_workers
 
-from ._base import CommandError
+from ._base import CommandError, host_port, refuse
 from .elastic import join_listener
 
 log = logging.getLogger("pydist")
@@ -109,7 +112,7 @@ class _Job:
 _lock = threading.Condition()     # guards every _Job's mutable fields, _live, _watcher_started
 _live: dict[tuple[int, str], _Job] = {}          # (id(manager), job_id) -> job, until it ends
 _submitted: set[str] = set()      # every job id this process submitted (to spot stale offers)
-_awaited: set[str] = set()        # job ids whose launch is taking its workers' offers now
+_awaited: set[str] = set()        # job ids whose launch is still running (takes their offers)
 _watcher_started = False
 
 
@@ -206,8 +209,9 @@ class JobManager(ClusterManager):
             raise LaunchError([(f"{self.job_kind} for {n} workers",
                                 f"submission failed: {err}\n{self.submit_hint}")]) from err
         job = _Job(self, job_id, n, cookie)
-        with _lock:
+        with _lock:     # awaited from now on: another launch never refuses its offers as stale
             _submitted.add(job_id)
+            _awaited.add(job_id)
             _live[(id(self), job_id)] = job
         log.info("pydist: submitted %s %s for %d workers joining %s", self.job_kind, job_id, n, head)
         _watch(job, time.monotonic())
@@ -216,6 +220,7 @@ class JobManager(ClusterManager):
         finally:
             with _lock:
                 job.launching = False
+                _awaited.discard(job_id)
                 joined = job.joined
             _watch(job, time.monotonic())     # keeps watching only for the walltime margin
             if joined == 0:                   # also after a failure: nothing is left behind
@@ -225,7 +230,7 @@ class JobManager(ClusterManager):
         """The "host:port" workers dial: `join_host` if given, else the listener's address,
         else (a wildcard listener) this machine's hostname, which the nodes resolve."""
         host = self.join_host or (host if host not in ("0.0.0.0", "::", "") else socket.gethostname())
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return host_port(host, port)
 
     # -- the launch's wait ------------------------------------------------------------------
     def _listen_address(self) -> tuple[str, int, str | None]:
@@ -253,42 +258,36 @@ class JobManager(ClusterManager):
             with _lock:
                 return ident in missing or (owner in _submitted and owner not in _awaited)
 
-        with _lock:
-            _awaited.add(job.job_id)
-        try:
-            while missing:
-                now = time.monotonic()
-                with _lock:
-                    status, running_since = job.status, job.running_since
-                if status.state is JobState.ENDED:
-                    raise self._failure(job, missing, f"ended ({status.reason or 'no reason given'}) "
-                                        "before these workers joined")
-                if running_since is None:
-                    deadline = job.submitted + self.queue_timeout
-                    if now >= deadline:       # launch() cancels the job on the way out
-                        raise self._pending_failure(job, status)
-                else:
-                    deadline = running_since + worker_timeout
-                    if now >= deadline:
-                        raise self._failure(job, missing, f"did not join {head} "
-                                            f"within {worker_timeout:.0f} s of the job starting")
-                config = listener.next_offer(min(self.poll_interval, deadline - now), mine_or_stale)
-                if config is None:
-                    continue
-                ident = str(config.ident)
-                if ident not in missing:
-                    log.warning("pydist: refused worker %s: its launch is over", ident)
-                    _close(config)
-                    continue
-                with _lock:
-                    job.joined += 1
-                missing.discard(ident)
-                with notify:
-                    launched.append(config)
-                    notify.notify_all()
-        finally:
+        while missing:
+            now = time.monotonic()
             with _lock:
-                _awaited.discard(job.job_id)
+                status, running_since = job.status, job.running_since
+            if status.state is JobState.ENDED:
+                raise self._failure(job, missing, f"ended ({status.reason or 'no reason given'}) "
+                                    "before these workers joined")
+            if running_since is None:
+                deadline = job.submitted + self.queue_timeout
+                if now >= deadline:       # launch() cancels the job on the way out
+                    raise self._pending_failure(job, status)
+            else:
+                deadline = running_since + worker_timeout
+                if now >= deadline:
+                    raise self._failure(job, missing, f"did not join {head} "
+                                        f"within {worker_timeout:.0f} s of the job starting")
+            config = listener.next_offer(min(self.poll_interval, deadline - now), mine_or_stale)
+            if config is None:
+                continue
+            ident = str(config.ident)
+            if ident not in missing:
+                log.warning("pydist: refused worker %s: its launch is over", ident)
+                refuse(config)
+                continue
+            with _lock:
+                job.joined += 1
+            missing.discard(ident)
+            with notify:
+                launched.append(config)
+                notify.notify_all()
 
     def _failure(self, job: _Job, missing: set[str], why: str) -> LaunchError:
         tasks = sorted(int(ident.rpartition(".")[2]) for ident in missing)
@@ -392,9 +391,8 @@ def _poll_batch(jobs: list[_Job]) -> None:
         log.warning("pydist: %s %s reaches its time limit in %.0f s (walltime_margin=%.0f): removing "
                     "its workers %s", job.manager.job_kind, job.job_id, max(end - time.time(), 0),
                     job.manager.walltime_margin, pids)
-        for pid in pids:                # the last deregister then cancels the job
-            threading.Thread(target=retire_worker, args=(pid, job.manager.walltime_margin / 2),
-                             name=f"pydist-retire-{pid}", daemon=True).start()
+        threading.Thread(target=retire_workers, args=(pids, job.manager.walltime_margin / 2),
+                         name=f"pydist-retire-{job.job_id}", daemon=True).start()
 
 
 # -- ending jobs ----------------------------------------------------------------------------
@@ -436,14 +434,6 @@ def _ours(config: WorkerConfig) -> bool:
 def _owner_of(ident: str) -> str:
     """The job id in a worker ident `<job_id>.<task>`."""
     return ident.rpartition(".")[0]
-
-
-def _close(config: WorkerConfig) -> None:
-    """Refuse a worker that dialed in: closing its link makes it exit."""
-    try:
-        config.sock.close()
-    except (OSError, AttributeError):
-        pass
 
 
 def write_secret(path: str, text: str) -> None:

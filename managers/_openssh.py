@@ -30,6 +30,8 @@ from typing import Sequence
 
 import paramiko
 
+from ._base import host_port
+
 log = logging.getLogger("pydist")
 
 # Default ConnectTimeout: long enough for a busy login node, short enough that a host that
@@ -64,8 +66,7 @@ class _Target:
     jumps: list["_Target"]
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.user}@{host}:{self.port}"
+        return f"{self.user}@{host_port(self.host, self.port)}"
 
     def known_hosts_files(self) -> list[str]:
         """The known_hosts files that exist, user files first."""

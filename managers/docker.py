@@ -47,7 +47,7 @@ from pydist.manager import ask_to_exit
 from pydist.process import STATE
 from pydist.worker import parse_address
 
-from ._base import DEFAULT_IMAGE, worker_env
+from ._base import DEFAULT_IMAGE, forwarded_env, worker_env
 
 log = logging.getLogger("pydist")
 
@@ -120,8 +120,7 @@ class DockerManager(ClusterManager):
                                              "pull it yourself), or pass image=..."))]) from None
         except (DockerException, requests.RequestException) as err:
             raise LaunchError([(self.image, f"could not inspect the image: {err}")]) from err
-        forwarded = {k: v for k, v in os.environ.items() if k.startswith("PYDIST_")}
-        environment = {**forwarded, **worker_env(params), **self.env}
+        environment = {**forwarded_env(), **worker_env(params), **self.env}
         for k in range(self.n):
             # ident names the worker in errors until connect names its container
             config = WorkerConfig(ident=f"{self.image} worker {k + 1}/{self.n}",

@@ -60,7 +60,7 @@ from pydist import ClusterManager, LaunchError, WorkerConfig, cluster_cookie, de
 from pydist.manager import ask_to_exit
 from pydist.process import STATE
 
-from ._base import DEFAULT_IMAGE, worker_argv, worker_env
+from ._base import DEFAULT_IMAGE, forwarded_env, host_port, refuse, worker_argv, worker_env
 from .elastic import join_listener
 
 log = logging.getLogger("pydist")
@@ -193,8 +193,7 @@ class KubernetesManager(ClusterManager):
         container.setdefault("command", worker_argv(
             params, "--join", head, "--cookie-file", f"{COOKIE_DIR}/{COOKIE_KEY}", "--ident", name,
             "--advertise", "$(POD_IP)", "--join-timeout", f"{timeout:g}", exename="python"))
-        forwarded = {k: v for k, v in os.environ.items() if k.startswith("PYDIST_") and k != "PYDIST_WORKER_IDENT"}
-        values = {**forwarded, **worker_env(params), **self.env, "PYDIST_JOIN": head}
+        values = {**forwarded_env(), **worker_env(params), **self.env, "PYDIST_JOIN": head}
         ours = [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                 {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
                 *({"name": k, "value": v} for k, v in values.items())]
@@ -224,7 +223,7 @@ class KubernetesManager(ClusterManager):
             listener.claim(_ours)
             threading.Thread(target=_hand_out_offers, args=(listener,), name="pydist-k8s-offers", daemon=True).start()
         host = self.join_host or default_join_host(core.api_client.configuration.host, in_cluster)
-        head = f"[{host}]:{listener.port}" if ":" in host else f"{host}:{listener.port}"
+        head = host_port(host, listener.port)
         _Launch(self, place, params, head, launched, notify).run(self._owner(core, namespace, in_cluster))
 
     def manage(self, pid: int, config: WorkerConfig, op: str) -> None:
@@ -320,7 +319,7 @@ class _Launch:
             while not self.events.empty():
                 kind, what = self.events.get()
                 if kind == "joined":
-                    _close(what)
+                    refuse(what)
             _delete_pods(self.place, list(self.missing), 0)     # only after an unexpected error
         if self.failures:
             raise LaunchError(self.failures)
@@ -435,7 +434,7 @@ class _Launch:
     def _hand_over(self, config: WorkerConfig) -> None:
         name = str(config.ident)
         if self.missing.pop(name, None) is None:
-            _close(config)                 # it failed meanwhile
+            refuse(config)                 # it failed meanwhile
             return
         config.userdata = _PodRef(self.place, name)
         with self.notify:
@@ -575,15 +574,7 @@ def _hand_out_offers(listener) -> None:
             events.put(("joined", config))
         else:
             log.warning("pydist: refused worker %s: no launch awaits it (it failed or timed out)", config.ident)
-            _close(config)
-
-
-def _close(config: WorkerConfig) -> None:
-    """Refuse a worker that dialed in: closing its link makes it exit."""
-    try:
-        config.sock.close()
-    except (OSError, AttributeError):
-        pass
+            refuse(config)
 
 
 def _api_error(err: Exception, core, namespace: str) -> str:

@@ -53,7 +53,7 @@ from pydist import ClusterManager, LaunchError, WorkerConfig, cluster_cookie, se
 from pydist.manager import ask_to_exit
 from pydist.worker import parse_address
 
-from ._base import worker_argv, worker_env
+from ._base import forwarded_env, host_port, worker_argv, worker_env
 from ._openssh import (_HostKeyError, _HostKeyPolicy, _Target, _load_ssh_config, _parse_sshflags,
                        _resolve, parse_machine)
 
@@ -121,8 +121,7 @@ class SSHManager(ClusterManager):
                              "commands (sh, bash, zsh, ksh); use shell='posix'")
         exename = params.get("exename")
         exename = "python3" if exename in (None, sys.executable) else str(exename)
-        env = {k: v for k, v in os.environ.items()
-               if k.startswith("PYDIST_") and not re.search("COOKIE|SECRET|TOKEN|PASSWORD|KEY", k)}
+        env = forwarded_env()
         env["PYDIST_WORKER_TIMEOUT"] = f"{float(params.get('worker_timeout') or settings.WORKER_TIMEOUT):g}"
         env.update(worker_env(params))
         for name in env:
@@ -235,9 +234,9 @@ class SSHManager(ClusterManager):
             channel = remote.conn.transport.open_channel("direct-tcpip", (dest, int(config.port)),
                                                          ("127.0.0.1", 0), timeout=settings.HANDSHAKE_TIMEOUT)
         except (paramiko.SSHException, OSError) as err:
-            raise ConnectionError(f"{remote.ident}: SSH port forwarding to {dest}:{config.port} was "
-                                  f"refused ({err}); allow it on that host (sshd_config AllowTcpForwarding "
-                                  "yes) or use tunnel=False") from err
+            raise ConnectionError(f"{remote.ident}: SSH port forwarding to {host_port(dest, config.port)} "
+                                  f"was refused ({err}); allow it on that host (sshd_config "
+                                  "AllowTcpForwarding yes) or use tunnel=False") from err
         mine, theirs = socket.socketpair()
         _bridge(theirs, channel, f"pydist-ssh-tunnel-{pid}")
         return mine, mine
@@ -293,9 +292,9 @@ class _Connection:
                         sock = clients[-1].get_transport().open_channel(
                             "direct-tcpip", (nxt.host, nxt.port), ("127.0.0.1", 0), timeout=hop.timeout)
                     except paramiko.SSHException as err:
-                        raise _StartError(f"the jump host {hop} could not connect to {nxt.host}:{nxt.port} "
-                                          f"({err}); check the ProxyJump host and that it may forward "
-                                          "(AllowTcpForwarding)") from err
+                        raise _StartError(f"the jump host {hop} could not connect to "
+                                          f"{host_port(nxt.host, nxt.port)} ({err}); check the ProxyJump "
+                                          "host and that it may forward (AllowTcpForwarding)") from err
         except BaseException:
             for client in reversed(clients):
                 client.close()

@@ -273,17 +273,27 @@ def _add_to_default(pids: list[int]) -> None:
 cluster._added_hooks.append(_add_to_default)
 
 
-def retire_worker(pid: int, timeout: float) -> None:
-    """Let worker `pid` leave cleanly: the default pool lends it no more, the calls it runs
-    may finish (up to `timeout` seconds), then it is removed (a walltime about to run out)."""
+def retire_workers(pids: list[int], timeout: float) -> None:
+    """Let workers leave cleanly (a batch job's walltime about to run out): the default pool
+    lends them no more, the calls they run may finish (up to `timeout` seconds, waited for
+    on all of them at once), then one rmprocs removes them together."""
     from .cluster import rmprocs
-    from .calls import wait_idle
-    default_worker_pool().retire(pid)
-    try:
-        remotecall_fetch(wait_idle, pid, timeout)
-    except Exception:
-        pass                        # gone already, or stuck: it is removed all the same
-    rmprocs(pid, waitfor=0)
+    from .calls import remotecall, wait_idle
+    pool = default_worker_pool()
+    for pid in pids:
+        pool.retire(pid)
+    idle = []
+    for pid in pids:
+        try:
+            idle.append(remotecall(wait_idle, pid, timeout))
+        except Exception:
+            pass                    # gone already: it is removed all the same
+    for future in idle:
+        try:
+            future.fetch()
+        except Exception:
+            pass                    # gone meanwhile, or stuck: it is removed all the same
+    rmprocs(pids, waitfor=0)
 
 
 def remote(func: Callable, pool: AbstractWorkerPool | None = None) -> Callable:

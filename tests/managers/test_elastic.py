@@ -1,5 +1,6 @@
 """ElasticManager: workers that dial the master and join (worker connects)."""
 
+import socket
 import subprocess
 import sys
 
@@ -8,6 +9,7 @@ import pytest
 from conftest import remove_all_workers, wait_until
 from pydist import LaunchError, addprocs, cluster_cookie, myid, remotecall_fetch, workers
 from managers import ElasticManager
+from managers.elastic import join_listener
 
 
 @pytest.fixture
@@ -69,3 +71,19 @@ def test_worker_that_cannot_reach_its_master_gives_up_with_a_clear_message(cooki
     proc = start_joining_worker(("127.0.0.1", 1), cookie_file, "--join-timeout", "1")
     _, err = proc.communicate(timeout=30)
     assert proc.returncode != 0 and "could not reach the master" in err
+
+
+def test_stop_closes_the_managers_own_listener():
+    manager = ElasticManager(n=0, host="127.0.0.1", port=0)
+    socket.create_connection(manager.address, timeout=10).close()
+    manager.stop()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(manager.address, timeout=10)
+
+
+def test_stop_leaves_a_shared_listener_open():
+    shared = join_listener("127.0.0.1", 0)
+    manager = ElasticManager(n=0, host="127.0.0.1", port=shared.port)
+    assert manager.listener is shared
+    manager.stop()
+    socket.create_connection(manager.address, timeout=10).close()

@@ -95,6 +95,15 @@ def test_pod_manifest_passes_env_and_blas_settings_to_the_worker():
     assert env["MY_SETTING"] == "a b" and env["OMP_NUM_THREADS"] == "1" and env["PYDIST_JOIN"] == "HOST:PORT"
 
 
+def test_pod_manifest_forwards_the_masters_pydist_settings_but_no_secret_or_ident(monkeypatch):
+    monkeypatch.setenv("PYDIST_EXIT_TIMEOUT", "7")
+    monkeypatch.setenv("PYDIST_COOKIE_FILE", "/c")
+    monkeypatch.setenv("PYDIST_WORKER_IDENT", "master")
+    env = env_of(KubernetesManager().pod_manifest())
+    assert env["PYDIST_EXIT_TIMEOUT"] == "7"
+    assert "PYDIST_COOKIE_FILE" not in env and "PYDIST_WORKER_IDENT" not in env
+
+
 def test_pod_manifest_keeps_the_pydist_labels_and_mounts_no_token_by_default():
     pod = KubernetesManager(labels={"pydist.cluster": "spoofed", "pydist.role": "x"}).pod_manifest()
     assert pod["metadata"]["labels"] == {"pydist.cluster": STATE.cluster_id, "pydist.role": "worker"}

@@ -24,6 +24,7 @@ from conftest import wait_until
 from infra import require, slurm_running      # tests/ is on sys.path (no tests/__init__.py)
 
 from managers.slurm import SlurmManager
+import pydist.cluster
 from pydist import (LaunchError, addprocs, cluster_cookie, default_addprocs_params, myid, pmap, remotecall,
                     remotecall_fetch, rmprocs, workers)
 
@@ -176,6 +177,7 @@ MASTER = """
 import os, signal, sys
 from pydist import addprocs
 from managers.slurm import SlurmManager
+import pydist.cluster
 addprocs(SlurmManager(n=1, join_host="127.0.0.1", output_dir=sys.argv[2], job_name=sys.argv[3],
                       time="5", poll_interval=0.5, queue_timeout=60, worker_timeout=30))
 print("ready", flush=True)
@@ -294,3 +296,17 @@ def test_workers_are_removed_walltime_margin_seconds_before_the_time_limit(slurm
     assert running.fetch() == "finished"          # the call it was running was let finish
     wait_for(lambda: not squeue_ids(name), 30, "the job to be cancelled after its worker left")
     assert "reaches its time limit" in caplog.text
+
+
+@pytest.mark.slurm
+def test_walltime_margin_removes_all_of_a_jobs_workers_with_one_rmprocs(slurm, monkeypatch):
+    calls = []
+
+    def recorded(*pids, **kw):
+        calls.append(pids)
+        return rmprocs(*pids, **kw)
+
+    monkeypatch.setattr(pydist.cluster, "rmprocs", recorded)   # retire_workers looks it up there
+    ids = addprocs(manager(slurm, n=2, time="1", walltime_margin=55))
+    wait_for(lambda: not set(ids) & set(workers()), 40, f"workers {ids} to be removed at the walltime margin")
+    assert calls == [(sorted(ids),)]
