@@ -152,13 +152,12 @@ class Executor(cf.Executor):
         try:
             prepare = getattr(pool, "_prepare", None)
             send, extra = prepare(fn, pid) if prepare is not None else (fn, ())
-            reply = send_call(pid, Mode.FETCH, send, (*extra, *args), kwargs)
+            # on_done runs on the link's reader thread: it hands over to a runner thread at once.
+            send_call(pid, Mode.FETCH, send, (*extra, *args), kwargs,
+                      on_done=lambda reply: STATE.runner.submit(_finish, future, pool, pid, reply))
         except BaseException as err:              # cannot pickle, worker gone
             _give_back(pool, pid)
             future.set_exception(_native(err))
-            return
-        # The callback runs on the link's reader thread: hand over to a runner thread at once.
-        reply.add_done_callback(lambda reply: STATE.runner.submit(_finish, future, pool, pid, reply))
 
     def _forget(self, future: cf.Future) -> None:
         with self._lock:

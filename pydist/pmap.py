@@ -179,7 +179,9 @@ class _Run:
     def _lease(self, pid: int) -> None:
         _Lease(self, pid).run()
 
-    def _submit(self, pid: int, batch: _Batch):
+    def _submit(self, pid: int, batch: _Batch, on_done):
+        """Send a batch; `on_done(reply)` collects its answer. A batch run here, or one that
+        could not be sent, comes back as a _Done instead."""
         columns, alone = batch.columns, self._alone(batch)
         if pid == myid():
             if alone:
@@ -189,10 +191,10 @@ class _Run:
         try:
             if alone:                           # Julia's pmap: one remotecall_fetch per element
                 return send_call(pid, Mode.FETCH, send, (*extra, *(c[0] for c in columns)), {},
-                                 flush=False)
+                                 flush=False, on_done=on_done)
             func = functools.partial(send, *extra) if extra else send
             return send_call(pid, Mode.FETCH, _run_batch, (func, self.on_error, columns), {},
-                             flush=False)
+                             flush=False, on_done=on_done)
         except BaseException as err:
             return _DoneError(err)
 
@@ -310,13 +312,11 @@ class _Lease:
             with self.cond:
                 self.in_flight += len(batches)
             sent_at = time.monotonic()
-            handles = [run._submit(pid, batch) for batch in batches]
-            _flush_calls(pid)
-            for batch, handle in zip(batches, handles):
+            for batch in batches:
+                handle = run._submit(pid, batch, functools.partial(self._answered, batch, sent_at))
                 if isinstance(handle, _Done):
                     self._answered(batch, sent_at, handle)
-                else:
-                    handle.add_done_callback(functools.partial(self._answered, batch, sent_at))
+            _flush_calls(pid)
 
     def _answered(self, batch: _Batch, sent_at: float, handle) -> None:
         try:

@@ -76,8 +76,8 @@ def _remotecall_returning(pool: AbstractWorkerPool, func, pid: int, args, kwargs
         STATE.runner.submit(_put_back_after, pool, pid, fut)
         return fut
     fut = Future(pid)
-    reply = send_call(pid, Mode.WAIT, func, args, kwargs, fut.rrid)
-    reply.add_done_callback(lambda _reply: STATE.runner.submit(pool.put, pid))
+    send_call(pid, Mode.WAIT, func, args, kwargs, fut.rrid,
+              on_done=lambda _reply: STATE.runner.submit(pool.put, pid))
     return fut
 
 

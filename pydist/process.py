@@ -461,14 +461,16 @@ def peer_exited(pid: int) -> None:
 
 
 # -- calls -----------------------------------------------------------------------------------
-def send_call(pid: int, mode: Mode, func, args=(), kwargs=None, rrid=NO_RRID, flush: bool = True):
-    """Send `func(*args, **kwargs)` to process `pid`; returns the Reply for FETCH and WAIT.
-    flush=False leaves a small call queued until the link's next flush (Link.send); an
-    unanswered call (FUTURE, DO) in a burst may go out through the link's writer thread."""
+def send_call(pid: int, mode: Mode, func, args=(), kwargs=None, rrid=NO_RRID, flush: bool = True,
+              on_done=None):
+    """Send `func(*args, **kwargs)` to process `pid`; returns the Reply for FETCH and WAIT
+    (with `on_done`, a CallbackReply that calls it when answered). flush=False leaves a
+    small call queued until the link's next flush (Link.send); an unanswered call (FUTURE,
+    DO) in a burst may go out through the link's writer thread."""
     link = get_link(pid)
     body, buffers = dumps((func, args, kwargs or {}), dest=pid)
     if mode is Mode.FETCH or mode is Mode.WAIT:
-        return link.request(mode, body, buffers, rrid, flush)
+        return link.request(mode, body, buffers, rrid, flush, on_done)
     link.send(Kind.CALL, body, buffers, mode=mode, rrid=rrid, flush=flush and transport.SOON)
     return None
 

@@ -27,17 +27,51 @@ from cloudpickle import cloudpickle as _cloudpickle_impl
 
 OUT_OF_BAND_MIN = 1 << 16     # smaller buffers are cheaper in-band than as extra frames
 
-_context = threading.local()
+class _Pickling:
+    """One thread's pickling state: where the object goes, the undo actions of the references
+    in it, and its out-of-band buffers. One object per thread (plain slots are read several
+    times per message; thread-local attributes cost more each)."""
+
+    __slots__ = ("dest", "pending", "buffers", "bounded", "keep")
+
+    def __init__(self):
+        self.dest = self.pending = self.buffers = None
+        self.bounded = False            # a bounded pickle (dumps_small) takes no buffer
+        self.keep = self._keep          # the buffer_callback, made once
+
+    def _keep(self, buf: pickle.PickleBuffer) -> bool:
+        """Out of band (False) for contiguous buffers of OUT_OF_BAND_MIN bytes or more."""
+        try:
+            raw = buf.raw()
+        except BufferError:             # not contiguous: let pickle copy it in-band
+            return True
+        if raw.nbytes < OUT_OF_BAND_MIN:
+            return True
+        if self.bounded:
+            raise _TooBig
+        self.buffers.append(raw)
+        return False
+
+
+_local = threading.local()
+
+
+def _state() -> _Pickling:
+    try:
+        return _local.state
+    except AttributeError:
+        state = _local.state = _Pickling()
+        return state
 
 
 def destination() -> int | None:
     """The process the object now being pickled is going to (None outside `dumps`)."""
-    return getattr(_context, "dest", None)
+    return _state().dest
 
 
 def undo_if_not_sent(action) -> None:
     """Run `action()` if the current `dumps` fails or its result is not sent."""
-    pending = getattr(_context, "pending", None)
+    pending = _state().pending
     if pending is not None:
         pending.append(action)
 
@@ -85,63 +119,39 @@ class _Bounded(io.BytesIO):
 def _pickle(obj, dest, limit: int | None = None):
     """(body, buffers, undos): the undo actions reverse what pickling told owners, for a
     caller that decides not to send the body. With `limit`, raises _TooBig past it."""
-    saved = (getattr(_context, "dest", None), getattr(_context, "pending", None))
-    _context.dest = dest
-    keep = _out_of_band if limit is None else _refuse_out_of_band
+    state = _state()
+    saved = state.dest, state.pending, state.buffers, state.bounded
+    state.dest, state.pending, state.buffers, state.bounded = dest, [], [], limit is not None
     try:
-        body, buffers = None, []
+        body = None
         if not _cloudpickle_impl._PICKLE_BY_VALUE_MODULES:
-            _context.pending = []
             try:
                 if limit is None:
-                    body = pickle.dumps(obj, protocol=5, buffer_callback=keep(buffers))
+                    body = pickle.dumps(obj, protocol=5, buffer_callback=state.keep)
                 else:
                     out = _Bounded(limit)
-                    pickle.Pickler(out, protocol=5, buffer_callback=keep(buffers)).dump(obj)
+                    pickle.Pickler(out, protocol=5, buffer_callback=state.keep).dump(obj)
                     body = out.getvalue()
             except _TooBig:
-                _undo(_context.pending)
+                _undo(state.pending)
                 raise
             except Exception:
                 body = None
             if body is None or b"__main__" in body:
-                _undo(_context.pending)
+                _undo(state.pending)
                 body = None
         if body is None:
-            _context.pending, buffers = [], []
+            state.pending, state.buffers = [], []
             out = _Bounded(limit)
             try:
-                cloudpickle.CloudPickler(out, protocol=5, buffer_callback=keep(buffers)).dump(obj)
+                cloudpickle.CloudPickler(out, protocol=5, buffer_callback=state.keep).dump(obj)
             except BaseException:
-                _undo(_context.pending)
+                _undo(state.pending)
                 raise
             body = out.getvalue()
-        return body, buffers, _context.pending
+        return body, state.buffers, state.pending
     finally:
-        _context.dest, _context.pending = saved
-
-
-def _refuse_out_of_band(buffers: list):
-    normal = _out_of_band(buffers)
-
-    def keep(buf: pickle.PickleBuffer):
-        if normal(buf) is False:
-            raise _TooBig
-        return True
-    return keep
-
-
-def _out_of_band(buffers: list):
-    def keep(buf: pickle.PickleBuffer):
-        try:
-            raw = buf.raw()
-        except BufferError:          # not contiguous: let pickle copy it in-band
-            return True
-        if raw.nbytes < OUT_OF_BAND_MIN:
-            return True
-        buffers.append(raw)
-        return False
-    return keep
+        state.dest, state.pending, state.buffers, state.bounded = saved
 
 
 def loads(body, buffers=()):

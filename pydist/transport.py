@@ -127,6 +127,34 @@ class Reply:
         return True
 
 
+class CallbackReply:
+    """A Reply no one waits on: `on_done(reply)` runs on the thread that fills it in (the
+    link's reader, or the one closing the link), so it must be quick. It makes, takes and
+    releases no lock: pmap and the executor send many calls answered this way."""
+
+    __slots__ = ("pid", "kind", "body", "buffers", "error", "_on_done")
+
+    def __init__(self, pid: int, on_done):
+        self.pid = pid
+        self.kind = self.body = self.buffers = self.error = None
+        self._on_done = on_done
+
+    def set(self, kind, body, buffers, error: BaseException | None = None) -> None:
+        self.kind, self.body, self.buffers, self.error = kind, body, buffers, error
+        try:
+            self._on_done(self)
+        except Exception:
+            log.exception("pydist: a reply callback failed")
+
+    def done(self) -> bool:
+        return self.kind is not None or self.error is not None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if not self.done():
+            raise RuntimeError("a CallbackReply is read in its on_done function, once answered")
+        return True
+
+
 def _new_thread(fn) -> None:
     threading.Thread(target=fn, daemon=True).start()
 
@@ -368,9 +396,12 @@ class Link:
             size += len(chunk)
         return b"".join(chunks)
 
-    def request(self, mode: int, body: bytes, buffers, rrid=NO_RRID, flush: bool = True) -> Reply:
-        """Send a CALL that will be answered; returns the Reply to wait on."""
-        reply = Reply(self.peer)
+    def request(self, mode: int, body: bytes, buffers, rrid=NO_RRID, flush: bool = True,
+                on_done=None) -> "Reply | CallbackReply":
+        """Send a CALL that will be answered; returns the Reply to wait on, or with `on_done`
+        a CallbackReply that calls it. A link lost while sending fails the reply (its error
+        is set, on_done runs) rather than raising."""
+        reply = Reply(self.peer) if on_done is None else CallbackReply(self.peer, on_done)
         call_id = next(self._ids)
         with self._pending_lock:
             if self.closed:
@@ -385,10 +416,12 @@ class Link:
             self._pending[call_id] = reply
         try:
             self.send(Kind.CALL, body, buffers, mode=mode, rrid=rrid, msg_id=call_id, flush=flush)
-        except ValueError:
+        except (ValueError, ProcessExitedException):
             with self._pending_lock:
-                self._pending.pop(call_id, None)
-            raise
+                unanswered = self._pending.pop(call_id, None)
+            if unanswered is not None:
+                raise
+            return reply                    # close() failed it meanwhile
         if self._reader_idle:
             try:
                 self._request_sent.release()
