@@ -33,7 +33,8 @@ from .transport import release_reading
 log = logging.getLogger("pydist")
 
 # -- interrupting running calls ------------------------------------------------------------
-_running_lock = threading.Condition()  # guards _running, _interrupted, _idle_waiters; notified when idle
+_running_lock = threading.Lock()       # guards _running, _interrupted, _idle_waiters (a plain lock:
+_became_idle = threading.Condition(_running_lock)   # taken twice per call); notified when idle
 _running: set[int] = set()           # thread ids running a user function now
 _interrupted: set[int] = set()       # of those, the ones already sent a KeyboardInterrupt
 _wakeups: dict[int, threading.Event] = {}   # thread id -> Event an interruptible sleep waits on
@@ -67,7 +68,7 @@ def wait_idle(timeout: float) -> bool:
     with _running_lock:
         _idle_waiters += 1
         try:
-            return _running_lock.wait_for(lambda: not _running, timeout)
+            return _became_idle.wait_for(lambda: not _running, timeout)
         finally:
             _idle_waiters -= 1
 
@@ -103,7 +104,7 @@ def _run_user(func: Callable, args, kwargs):
                 _interrupted.discard(tid)
                 _set_async_exc(tid, None)     # cancel an interrupt not delivered yet
             if _idle_waiters and not _running:
-                _running_lock.notify_all()
+                _became_idle.notify_all()
 
 
 

@@ -1,8 +1,8 @@
 """Pickling for the wire: cloudpickle with protocol-5 out-of-band buffers.
 
 Functions and lambdas from `__main__` travel by value, importable ones by reference.
-Buffers of 64 KiB or more (numpy arrays, bytes, bytearrays) are not copied into the pickle:
-they are sent and received as separate memory blocks.
+Buffers of 64 KiB or more (numpy arrays, bytearrays; not `bytes`, which pickle copies) are
+not copied into the pickle: they are sent and received as separate memory blocks.
 
 Fast path: most messages (an importable function, numbers, strings, arrays) pickle the same
 with the standard C pickler, which costs a fraction of cloudpickle's pure-Python hooks.  It
@@ -81,8 +81,15 @@ def _undo(actions: list) -> None:
         action()
 
 
+# Plain values that pickle alike everywhere, hold no reference and no out-of-band buffer:
+# most results of small calls; dumps pickles them directly.
+_PLAIN = frozenset({int, float, bool, complex, str, bytes, type(None)})
+
+
 def dumps(obj, dest: int | None = None) -> tuple[bytes, list[memoryview]]:
     """Pickle `obj` for process `dest`; returns the body and its out-of-band buffers."""
+    if type(obj) in _PLAIN:
+        return pickle.dumps(obj, protocol=5), []
     body, buffers, _undos = _pickle(obj, dest)
     return body, buffers
 
