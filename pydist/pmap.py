@@ -154,7 +154,10 @@ class _Run:
             start = self.next_start
             if start < len(self.results):
                 self.next_start = end = start + self.batch_size
-                return _Batch(start, tuple(c[start:end] for c in self.columns))
+                columns = self.columns
+                if len(columns) == 1:
+                    return _Batch(start, (columns[0][start:end],))
+                return _Batch(start, tuple(c[start:end] for c in columns))
             return self.retries.popleft() if self.retries else None
 
     def _drive(self) -> None:
@@ -190,7 +193,8 @@ class _Run:
         send, extra = self.pool._prepare(self.func, pid)     # a CachingPool sends func once
         try:
             if alone:                           # Julia's pmap: one remotecall_fetch per element
-                return send_call(pid, Mode.FETCH, send, (*extra, *(c[0] for c in columns)), {},
+                args = (columns[0][0],) if len(columns) == 1 else tuple(c[0] for c in columns)
+                return send_call(pid, Mode.FETCH, send, (*extra, *args) if extra else args, {},
                                  flush=False, on_done=on_done)
             func = functools.partial(send, *extra) if extra else send
             return send_call(pid, Mode.FETCH, _run_batch, (func, self.on_error, columns), {},
