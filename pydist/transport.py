@@ -432,7 +432,10 @@ class Link:
     # -- receiving -------------------------------------------------------------------------
     def read_frame(self):
         """Read one frame: (kind, mode, rrid, msg_id, body, buffers). Raises on bad input."""
-        kind, mode, nbuf, whence, rid, msg_id, size = _unpack_header(self._read(_HEADER_SIZE))
+        if self._end - self._start < _HEADER_SIZE:
+            self._fill(_HEADER_SIZE)
+        kind, mode, nbuf, whence, rid, msg_id, size = _unpack_header(self._rbuf, self._start)
+        self._start += _HEADER_SIZE
         kind = _KINDS.get(kind)
         if kind is None:
             raise ProtocolError("unknown message kind")
@@ -447,7 +450,7 @@ class Link:
             raise ProtocolError(f"a frame of {total} bytes exceeds PYDIST_MAX_FRAME_BYTES="
                                 f"{settings.MAX_FRAME_BYTES}")
         body = self._read(size)
-        buffers = [self._read(n) for n in sizes]
+        buffers = [self._read(n) for n in sizes] if sizes else []
         self.last_heard = _monotonic()
         return kind, mode, (whence, rid), msg_id, body, buffers
 
