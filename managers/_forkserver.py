@@ -97,8 +97,9 @@ class ForkServer:
                     return None         # no such interpreter or directory: spawning says why
             return server
 
-    def spawn(self, argv: list[str]) -> tuple[ForkedProcess, object]:
-        """Fork a worker running `python -m pydist.worker argv`; returns it and the writable
+    def spawn(self, argv: list[str], linked: int | None = None) -> tuple[ForkedProcess, object]:
+        """Fork a worker running `python -m pydist.worker argv` (plus `--linked-fd` for the
+        descriptor `linked`, the worker's end of a socket pair); returns it and the writable
         end of its stdin (a file)."""
         stdin_r, stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
@@ -106,7 +107,7 @@ class ForkServer:
         try:
             try:
                 socket.send_fds(self._sock, [json.dumps({"id": ident, "argv": argv}).encode()],
-                                [stdin_r, stdout_w])
+                                [stdin_r, stdout_w, *([linked] if linked is not None else [])])
             except OSError as err:
                 raise ForkServerError(f"the fork server is gone ({err})") from err
             with self._lock:

@@ -77,11 +77,16 @@ def _leave() -> None:
 
 
 def start_worker(out: TextIO = sys.stdout, cookie: str | None = None, bind: str = "0.0.0.0",
-                 advertise: str | None = None) -> None:
+                 advertise: str | None = None, linked: socket.socket | None = None) -> None:
     """Listen, print the address line on `out`, serve the cluster; never returns
-    (Julia: start_worker). Exits with status 1 if no master joins within WORKER_TIMEOUT."""
+    (Julia: start_worker). Exits with status 1 if no master joins within WORKER_TIMEOUT.
+    `linked`: a socket already connected to the master (LocalManager's socket pair), over
+    which it authenticates and joins instead of dialing the address; peers still dial it."""
     init_worker(cookie)
     host, port = listen(bind, 0, advertise or _advertised(bind))
+    if linked is not None:
+        threading.Thread(target=accept, args=(linked, "the master's socket pair"), daemon=True,
+                         name="pydist-linked").start()
     print(format_address(port, host), file=out, flush=True)
     if not STATE.joined.wait(settings.WORKER_TIMEOUT):
         print(f"pydist worker: no master connected within {settings.WORKER_TIMEOUT:.0f} s "
@@ -266,6 +271,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-key", help="the certificate's private key (PEM)")
     parser.add_argument("--tls-ca", help="the CA that signs every certificate of the cluster")
     parser.add_argument("--fork-server", type=int, metavar="FD", help=argparse.SUPPRESS)
+    parser.add_argument("--linked-fd", type=int, metavar="FD", help=argparse.SUPPRESS)
     return parser
 
 
@@ -287,5 +293,6 @@ def main(argv: list[str] | None = None) -> None:
         join_master(host.strip("[]"), int(port), cookie, args.join_timeout, args.bind_to,
                     args.advertise, args.ident)
     else:
-        start_worker(sys.stdout, cookie, args.bind_to, args.advertise)
+        linked = socket.socket(fileno=args.linked_fd) if args.linked_fd is not None else None
+        start_worker(sys.stdout, cookie, args.bind_to, args.advertise, linked)
 

@@ -6,8 +6,9 @@ for each request on its Unix socket (FD) forks a child that becomes a worker, ex
 `python -m pydist.worker ARGS` had been started with the server's interpreter, flags,
 environment and directory (LocalManager starts one server per such combination).
 
-Requests (SOCK_SEQPACKET, one JSON message each, with two file descriptors attached: the
-child's stdin and stdout):  {"id": n, "argv": [...]}  ->  {"id": n, "pid": child}
+Requests (SOCK_SEQPACKET, one JSON message each, with two or three file descriptors
+attached: the child's stdin and stdout, and the worker's end of a socket pair to the master,
+passed on as `--linked-fd`):  {"id": n, "argv": [...]}  ->  {"id": n, "pid": child}
 Unasked:  {"exited": pid, "code": returncode}  when a child ends (the server reaps it).
 The server ignores SIGINT (a Ctrl-C reaches the workers and the master, which handle it) and
 exits when the master closes the socket. It starts no thread (importing pydist starts none),
@@ -50,7 +51,7 @@ def serve(fd: int) -> None:
                 pass
             _report_exits(sock)
         if sock in ready:
-            message, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 2)
+            message, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 3)
             if not message:
                 os._exit(0)                 # the master is gone; its workers leave on their own
             request = json.loads(message)
@@ -90,7 +91,9 @@ def _become_worker(argv: list[str], fds: list[int]) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     os.setsid()
-    stdin, stdout = fds
+    stdin, stdout, *linked = fds
+    if linked:
+        argv = [*argv, "--linked-fd", str(linked[0])]
     os.dup2(stdin, 0)
     os.dup2(stdout, 1)
     os.dup2(stdout, 2)

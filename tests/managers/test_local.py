@@ -69,3 +69,21 @@ def test_a_fork_server_that_cannot_start_falls_back_to_spawning(no_workers):
     assert info.value.added == [] and "exited before printing its address" in str(info.value.failures)
     added = addprocs(1)                      # a later launch works again
     assert workers() == added
+
+
+def _master_link_family():
+    from pydist.process import STATE
+    return STATE.links[1].sock.family
+
+
+@pytest.mark.parametrize("fork_server", [True, False])
+def test_the_master_link_is_a_unix_socket_pair_and_peers_still_meet_over_tcp(no_workers, monkeypatch,
+                                                                              fork_server):
+    import socket
+    from pydist.process import STATE
+    monkeypatch.setattr(settings, "FORK_SERVER", fork_server)
+    a, b = addprocs(2)
+    assert STATE.links[a].sock.family == socket.AF_UNIX
+    assert remotecall_fetch(_master_link_family, a) == socket.AF_UNIX
+    # a worker-to-worker call dials the peer's TCP address from its address line
+    assert remotecall_fetch(remotecall_fetch, a, os.getpid, b) == remotecall_fetch(os.getpid, b)
