@@ -568,11 +568,13 @@ def _hand_out_offers(listener) -> None:
     """Thread pydist-k8s-offers: each offer of this cluster's pods goes to the launch awaiting it."""
     while True:
         config = listener.next_offer(None, _ours)
-        with _lock:
-            events = _awaited.pop(str(config.ident), None)
-        if events is not None:
-            events.put(("joined", config))
-        else:
+        if config is None:
+            return          # the listener was closed
+        with _lock:         # put under the lock: a launch ending drains its queue after
+            events = _awaited.pop(str(config.ident), None)     # removing its names (run)
+            if events is not None:
+                events.put(("joined", config))
+        if events is None:
             log.warning("pydist: refused worker %s: no launch awaits it (it failed or timed out)", config.ident)
             refuse(config)
 
