@@ -752,7 +752,11 @@ class Kubelet:
                                                 f"back-off {rt.backoff:g}s restarting failed container={c['name']}"
                                                 f" pod={rt.name}_{rt.ns}({rt.uid})"}}
             else:
-                phase = "Succeeded" if st["ExitCode"] == 0 else "Failed"
+                policy = pod["spec"].get("restartPolicy", "Always")
+                restarts = policy == "Always" or (policy == "OnFailure" and st["ExitCode"] != 0)
+                # A container that exits again at once after its restart is still the kubelet's
+                # to restart: the pod stays Running (never Failed under Always), as on a kubelet.
+                phase = "Running" if restarts else "Succeeded" if st["ExitCode"] == 0 else "Failed"
                 cstatus["state"] = {"terminated": self._terminated(rt, info)}
         ready = "True" if cstatus["ready"] else "False"
 
