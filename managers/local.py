@@ -64,8 +64,11 @@ class LocalManager(ClusterManager):
                 raise
             finally:
                 theirs.close()
-            stdin.write(cookie)
-            stdin.close()
+            try:
+                stdin.write(cookie)
+                stdin.close()
+            except OSError:
+                ours.close()        # the worker is gone already: setup reports its output
             with notify:
                 launched.append(WorkerConfig(io=process.stdout, process=process, ospid=process.pid,
                                              exename=params["exename"], exeflags=params["exeflags"],
@@ -73,9 +76,21 @@ class LocalManager(ClusterManager):
                 notify.notify_all()
 
     def connect(self, pid: int, config: WorkerConfig):
-        """The master's end of the worker's socket pair (launch), taken once."""
-        link = config.userdata.pop("link", None) if isinstance(config.userdata, dict) else None
-        return (link, link) if link is not None else super().connect(pid, config)
+        """The master's end of the worker's socket pair (launch), taken once; the worker's
+        address when the pair is closed at the other end (an `exename` wrapper that closes
+        inherited descriptors: the worker then listens as any other)."""
+        link = _take_link(config)
+        if link is not None and not _closed_at_the_other_end(link):
+            return link, link
+        if link is not None:
+            link.close()
+        return super().connect(pid, config)
+
+    def kill(self, pid: int, config: WorkerConfig) -> None:
+        link = _take_link(config)         # a worker abandoned before connect: close its pair
+        if link is not None:
+            link.close()
+        super().kill(pid, config)
 
     def manage(self, pid: int, config: WorkerConfig, op: str) -> None:
         """Nothing to do: the core interrupts calls and relays output for local workers."""
@@ -99,3 +114,16 @@ def _socket_pair() -> tuple[socket.socket, socket.socket]:
             except OSError:
                 pass        # capped by the system (net.core.wmem_max): the default still works
     return pair
+
+
+def _take_link(config: WorkerConfig) -> socket.socket | None:
+    return config.userdata.pop("link", None) if isinstance(config.userdata, dict) else None
+
+
+def _closed_at_the_other_end(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False            # open, nothing sent yet
+    except OSError:
+        return True

@@ -467,9 +467,12 @@ def send_call(pid: int, mode: Mode, func, args=(), kwargs=None, rrid=NO_RRID, fl
     (with `on_done`, a CallbackReply that calls it when answered). flush=False leaves a
     small call queued until the link's next flush (Link.send); an unanswered call (FUTURE,
     DO) in a burst may go out through the link's writer thread."""
+    answered = mode is Mode.FETCH or mode is Mode.WAIT
+    if on_done is not None and not answered:
+        raise ValueError(f"on_done needs an answered call (FETCH or WAIT), not {mode.name}")
     link = get_link(pid)
     body, buffers = dumps((func, args, kwargs or {}), dest=pid)
-    if mode is Mode.FETCH or mode is Mode.WAIT:
+    if answered:
         return link.request(mode, body, buffers, rrid, flush, on_done)
     link.send(Kind.CALL, body, buffers, mode=mode, rrid=rrid, flush=flush and transport.SOON)
     return None

@@ -1,7 +1,8 @@
 """Pickling for the wire: cloudpickle with protocol-5 out-of-band buffers.
 
 Functions and lambdas from `__main__` travel by value, importable ones by reference.
-Buffers of 64 KiB or more (numpy arrays, bytearrays; not `bytes`, which pickle copies) are
+Buffers of 64 KiB or more that pickle hands over as out-of-band buffers (numpy arrays and
+other `PickleBuffer` producers; not `bytes` or `bytearray`, which protocol 5 copies in) are
 not copied into the pickle: they are sent and received as separate memory blocks.
 
 Fast path: most messages (an importable function, numbers, strings, arrays) pickle the same

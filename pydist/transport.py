@@ -400,7 +400,8 @@ class Link:
                 on_done=None) -> "Reply | CallbackReply":
         """Send a CALL that will be answered; returns the Reply to wait on, or with `on_done`
         a CallbackReply that calls it. A link lost while sending fails the reply (its error
-        is set, on_done runs) rather than raising."""
+        is set, on_done runs) rather than raising. With on_done, the call's outcome reaches
+        exactly one of on_done and the caller (an exception from here)."""
         reply = Reply(self.peer) if on_done is None else CallbackReply(self.peer, on_done)
         call_id = next(self._ids)
         with self._pending_lock:
@@ -416,12 +417,12 @@ class Link:
             self._pending[call_id] = reply
         try:
             self.send(Kind.CALL, body, buffers, mode=mode, rrid=rrid, msg_id=call_id, flush=flush)
-        except (ValueError, ProcessExitedException):
+        except BaseException as err:
             with self._pending_lock:
                 unanswered = self._pending.pop(call_id, None)
-            if unanswered is not None:
-                raise
-            return reply                    # close() failed it meanwhile
+            if unanswered is not None or (on_done is None and not isinstance(err, ProcessExitedException)):
+                raise                       # the caller handles it: on_done will never run
+            return reply                    # answered or failed meanwhile: on_done has it
         if self._reader_idle:
             try:
                 self._request_sent.release()

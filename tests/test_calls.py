@@ -247,3 +247,23 @@ def test_a_burst_of_unanswered_calls_is_all_delivered_without_further_traffic(cl
     wait_until(lambda: path.exists() and len(path.read_text().splitlines()) == 2000,
                what="all 2000 remote_do calls to run")
     assert sorted(map(int, path.read_text().splitlines())) == list(range(2000))
+
+
+def test_a_call_interrupted_while_sent_reaches_the_caller_or_its_callback_never_both(cluster, monkeypatch):
+    from pydist.messages import Mode
+    from pydist.process import STATE, send_call
+    w = cluster[0]
+    link = STATE.links[w]
+    sent = link.send
+
+    def send_then_interrupted(*args, **kwargs):
+        sent(*args, **kwargs)            # the call goes out (and will be answered) ...
+        raise KeyboardInterrupt          # ... and the sender is interrupted right after
+    monkeypatch.setattr(link, "send", send_then_interrupted)
+    answers = []
+    with pytest.raises(KeyboardInterrupt):
+        send_call(w, Mode.FETCH, add, (1, 2), on_done=answers.append)
+    monkeypatch.undo()
+    assert remotecall_fetch(add, w, 3, 4) == 7        # the link still works, in order
+    time.sleep(0.2)
+    assert answers == []                 # the caller had the outcome: the callback never runs

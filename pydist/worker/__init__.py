@@ -2,7 +2,8 @@
 
 Master connects (local, SSH, Docker): the worker reads the cookie as the first line of its
 stdin, listens, prints `pydist_worker:PORT#HOST` on stdout and waits for the master to dial
-it and send JOIN.  Worker connects (Kubernetes, Slurm, Helm, ElasticManager):
+it and send JOIN (a local worker is handed an already connected socket pair instead,
+`--linked-fd`, and is joined over it; its address is for its peers).  Worker connects (Kubernetes, Slurm, Helm, ElasticManager):
 `python -m pydist.worker --join HOST:PORT --cookie-file F` dials the master, retrying with
 backoff for `--join-timeout` seconds, offers itself and waits for JOIN.
 
@@ -80,8 +81,9 @@ def start_worker(out: TextIO = sys.stdout, cookie: str | None = None, bind: str 
                  advertise: str | None = None, linked: socket.socket | None = None) -> None:
     """Listen, print the address line on `out`, serve the cluster; never returns
     (Julia: start_worker). Exits with status 1 if no master joins within WORKER_TIMEOUT.
-    `linked`: a socket already connected to the master (LocalManager's socket pair), over
-    which it authenticates and joins instead of dialing the address; peers still dial it."""
+    `linked`: a socket already connected to the master (LocalManager's socket pair): the
+    master authenticates and joins us over it rather than dialing the address, which is
+    then for our peers."""
     init_worker(cookie)
     host, port = listen(bind, 0, advertise or _advertised(bind))
     if linked is not None:
@@ -239,6 +241,22 @@ def _advertised(bind: str) -> str:
     return routable[0] if routable else "127.0.0.1"
 
 
+def _linked(fd: int | None) -> socket.socket | None:
+    """The socket pair end passed as --linked-fd, made non-inheritable (a program the worker
+    starts must not hold the link open after the worker dies: the master would not see it
+    go). None if there is none or it did not survive the way here (a wrapper that closes
+    descriptors): the master then dials our address as for any worker."""
+    if fd is None:
+        return None
+    try:
+        os.set_inheritable(fd, False)
+        return socket.socket(fileno=fd)
+    except OSError as err:
+        print(f"pydist worker: --linked-fd {fd} is not usable ({err}); the master will dial us",
+              file=sys.stderr, flush=True)
+        return None
+
+
 def _read_cookie(args) -> str:
     if args.cookie_file:
         with open(args.cookie_file) as f:
@@ -293,6 +311,5 @@ def main(argv: list[str] | None = None) -> None:
         join_master(host.strip("[]"), int(port), cookie, args.join_timeout, args.bind_to,
                     args.advertise, args.ident)
     else:
-        linked = socket.socket(fileno=args.linked_fd) if args.linked_fd is not None else None
-        start_worker(sys.stdout, cookie, args.bind_to, args.advertise, linked)
+        start_worker(sys.stdout, cookie, args.bind_to, args.advertise, _linked(args.linked_fd))
 

@@ -87,3 +87,32 @@ def test_the_master_link_is_a_unix_socket_pair_and_peers_still_meet_over_tcp(no_
     assert remotecall_fetch(_master_link_family, a) == socket.AF_UNIX
     # a worker-to-worker call dials the peer's TCP address from its address line
     assert remotecall_fetch(remotecall_fetch, a, os.getpid, b) == remotecall_fetch(os.getpid, b)
+
+
+def _start_a_program_that_keeps_inherited_descriptors():
+    import subprocess
+    return subprocess.Popen(["sleep", "30"], close_fds=False).pid
+
+
+@pytest.mark.parametrize("fork_server", [True, False])
+def test_a_killed_worker_is_seen_at_once_even_if_a_program_it_started_lives_on(no_workers, monkeypatch,
+                                                                               fork_server):
+    monkeypatch.setattr(settings, "FORK_SERVER", fork_server)
+    [w] = addprocs(1)
+    helper = remotecall_fetch(_start_a_program_that_keeps_inherited_descriptors, w)
+    try:
+        os.kill(remotecall_fetch(os.getpid, w), signal.SIGKILL)
+        # the helper must not hold the worker's end of the link open (heartbeats take ~35 s)
+        wait_until(lambda: w not in workers(), timeout=5, what=f"worker {w} to be seen gone")
+    finally:
+        os.kill(helper, signal.SIGKILL)
+
+
+def test_an_interpreter_wrapper_that_closes_descriptors_still_gets_its_worker(no_workers, tmp_path):
+    import sys
+    wrapper = tmp_path / "python-closing-fds"
+    wrapper.write_text(f"#!{sys.executable}\nimport os, sys\nos.closerange(3, 4096)\n"
+                       f"os.execv({sys.executable!r}, [{sys.executable!r}, *sys.argv[1:]])\n")
+    wrapper.chmod(0o755)
+    [w] = addprocs(1, exename=str(wrapper))
+    assert remotecall_fetch(lambda: 6 * 7, w) == 42
