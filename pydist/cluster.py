@@ -414,16 +414,19 @@ def _sync_members() -> None:
     with STATE.cond:
         infos = list(STATE.members.values())
         pids = [p for p, w in _registry.items() if w.state is WorkerState.RUNNING]
-    _on_each(pids, _set_members, infos, STATE.master_info)
+    on_each(pids, _set_members, infos, STATE.master_info)
 
 
-def _on_each(pids: list[int], func, *args) -> None:
-    """Run an internal func on each worker, in parallel, and wait for all, EXIT_TIMEOUT at
-    most in total (a worker that is gone meanwhile is skipped, with a log line)."""
+def on_each(pids: list[int], func, *args, timeout: float | None = None) -> None:
+    """Run an internal func on each worker, in parallel, and wait for all, `timeout` seconds
+    at most in total (default EXIT_TIMEOUT; a worker that is gone meanwhile is skipped, with
+    a log line)."""
     def failed(pid, err):
         gone = isinstance(err, ProcessExitedException) or pid not in STATE.members
-        (log.debug if gone else log.warning)("pydist: could not update worker %s: %s", pid, err)
-    deadline = time.monotonic() + settings.EXIT_TIMEOUT
+        (log.debug if gone else log.warning)("pydist: %s on worker %s failed: %s",
+                                             getattr(func, "__name__", func), pid, err)
+    timeout = settings.EXIT_TIMEOUT if timeout is None else timeout
+    deadline = time.monotonic() + timeout
     replies = []
     for pid in pids:
         try:
@@ -432,7 +435,7 @@ def _on_each(pids: list[int], func, *args) -> None:
             failed(pid, err)
     for pid, reply in replies:
         if not reply.wait(max(0.0, deadline - time.monotonic())):
-            failed(pid, TimeoutError(f"no answer within {settings.EXIT_TIMEOUT:g} s"))
+            failed(pid, TimeoutError(f"no answer within {timeout:g} s"))
             continue
         try:
             result(reply)
@@ -454,7 +457,7 @@ def _on_worker_exit(pid: int) -> None:
             return
         worker.state = WorkerState.EXITED
         others = [p for p, w in _registry.items() if w.state is WorkerState.RUNNING]
-    _on_each(others, _forget, pid)
+    on_each(others, _forget, pid)
     try:
         worker.manager.manage(pid, worker.config, "deregister")
     except Exception:

@@ -113,7 +113,7 @@ class _Run:
         self.results: list[Any] = [None] * n
         self.lock = threading.Lock()         # guards next_start, retries, error, drivers
         self.cond = threading.Condition(self.lock)   # (`with self.lock`: cheaper than the Condition's)
-        self.count_lock = threading.Lock()   # guards remaining (changed per answer: cheaper)
+        self.count_lock = threading.Lock()   # guards remaining (taken per answer, apart from the drivers)
         self.columns, self.batch_size, self.next_start = columns, batch_size, 0
         self.retries: collections.deque[_Batch] = collections.deque()
         self.remaining = n

@@ -277,22 +277,12 @@ def retire_workers(pids: list[int], timeout: float) -> None:
     """Let workers leave cleanly (a batch job's walltime about to run out): the default pool
     lends them no more, the calls they run may finish (up to `timeout` seconds, waited for
     on all of them at once), then one rmprocs removes them together."""
-    from .cluster import rmprocs
-    from .calls import remotecall, wait_idle
+    from .cluster import on_each, rmprocs
+    from .calls import wait_idle
     pool = default_worker_pool()
     for pid in pids:
         pool.retire(pid)
-    idle = []
-    for pid in pids:
-        try:
-            idle.append(remotecall(wait_idle, pid, timeout))
-        except Exception:
-            pass                    # gone already: it is removed all the same
-    for future in idle:
-        try:
-            future.fetch()
-        except Exception:
-            pass                    # gone meanwhile, or stuck: it is removed all the same
+    on_each(pids, wait_idle, timeout, timeout=timeout + 1.0)   # stuck or gone: removed all the same
     rmprocs(pids, waitfor=0)
 
 

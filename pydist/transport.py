@@ -79,44 +79,26 @@ class ProtocolError(ConnectionError):
 
 
 class Reply:
-    """The answer to one call, filled in by the link's reader thread.
+    """The answer to one call, filled in by the link's reader thread (or the one closing the
+    link). Waiting costs one lock acquire."""
 
-    Waiting costs one lock acquire; `add_done_callback` runs a function when the answer
-    arrives (on the reader thread, so it must be quick)."""
-
-    __slots__ = ("pid", "kind", "body", "buffers", "error", "_done", "_callbacks")
-    _callbacks_lock = threading.Lock()       # guards every Reply's _callbacks
+    __slots__ = ("pid", "kind", "body", "buffers", "error", "_done")
 
     def __init__(self, pid: int):
         self.pid = pid
         self.kind = self.body = self.buffers = self.error = None
         self._done = threading.Lock()
         self._done.acquire()
-        self._callbacks: list | None = []
 
     def set(self, kind, body, buffers, error: BaseException | None = None) -> None:
         self.kind, self.body, self.buffers, self.error = kind, body, buffers, error
-        with Reply._callbacks_lock:
-            callbacks, self._callbacks = self._callbacks, None
         self._done.release()
-        for fn in callbacks or ():
-            try:
-                fn(self)
-            except Exception:
-                log.exception("pydist: a reply callback failed")
-
-    def add_done_callback(self, fn) -> None:
-        with Reply._callbacks_lock:
-            if self._callbacks is not None:
-                self._callbacks.append(fn)
-                return
-        fn(self)
 
     def done(self) -> bool:
-        return self._callbacks is None
+        return self.kind is not None or self.error is not None
 
     def wait(self, timeout: float | None = None) -> bool:
-        if self._callbacks is not None:
+        if not self.done():
             release_reading()
         if timeout is None:
             while not self._done.acquire(timeout=WAKE_SECONDS):
@@ -127,14 +109,14 @@ class Reply:
         return True
 
 
-class CallbackReply:
-    """A Reply no one waits on: `on_done(reply)` runs on the thread that fills it in (the
-    link's reader, or the one closing the link), so it must be quick. It makes, takes and
-    releases no lock: pmap and the executor send many calls answered this way."""
+class CallbackReply(Reply):
+    """A Reply no one waits on: `on_done(reply)` runs on the thread that fills it in, so it
+    must be quick. It makes, takes and releases no lock: pmap, the executor and pool
+    remotecalls send many calls answered this way."""
 
-    __slots__ = ("pid", "kind", "body", "buffers", "error", "_on_done")
+    __slots__ = ("_on_done",)
 
-    def __init__(self, pid: int, on_done):
+    def __init__(self, pid: int, on_done):        # no lock: nobody waits
         self.pid = pid
         self.kind = self.body = self.buffers = self.error = None
         self._on_done = on_done
@@ -145,9 +127,6 @@ class CallbackReply:
             self._on_done(self)
         except Exception:
             log.exception("pydist: a reply callback failed")
-
-    def done(self) -> bool:
-        return self.kind is not None or self.error is not None
 
     def wait(self, timeout: float | None = None) -> bool:
         if not self.done():
@@ -397,7 +376,7 @@ class Link:
         return b"".join(chunks)
 
     def request(self, mode: int, body: bytes, buffers, rrid=NO_RRID, flush: bool = True,
-                on_done=None) -> "Reply | CallbackReply":
+                on_done=None) -> Reply:
         """Send a CALL that will be answered; returns the Reply to wait on, or with `on_done`
         a CallbackReply that calls it. A link lost while sending fails the reply (its error
         is set, on_done runs) rather than raising. With on_done, the call's outcome reaches
