@@ -23,7 +23,7 @@ check() {   # check NAME WHAT-IT-CHECKS FUNCTION
   fi
 }
 
-c_python() { "$PY" -c 'import pydist, managers, pytest, docker, paramiko, testcontainers, kubernetes'; }
+c_python() { "$PY" -c 'import pydist, pydist.managers, pytest, docker, paramiko, testcontainers, kubernetes'; }
 c_docker() { timeout 20 docker info >/dev/null; }
 c_worker_image() {
   local u

@@ -19,7 +19,7 @@ set -eu
 "${PYDIST_PYTHON:-python3}" - <<'PYTHON'
 import socket
 
-from managers import SlurmManager
+from pydist.managers import SlurmManager
 from pydist import addprocs, pmap, remotecall_fetch, rmprocs
 
 ids = addprocs(SlurmManager())          # no n: one worker per task of this allocation

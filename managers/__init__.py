@@ -1,4 +1,4 @@
-"""Cluster managers: one module per backend, sharing managers._base."""
+"""Cluster managers: one module per backend, sharing pydist.managers._base."""
 
 from .local import LocalManager
 

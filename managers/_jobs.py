@@ -12,7 +12,7 @@ what differs (STYLE.md §3):
 
 How one launch goes (`JobManager.launch`, on addprocs's `pydist-launch` thread):
 
-1. Open the master's join listener (managers.elastic) and, if the backend wants one, write the
+1. Open the master's join listener (pydist.managers.elastic) and, if the backend wants one, write the
    cookie to a 0600 file the job can read.  Build the spec and submit it: one job of n tasks.
 2. Wait for joins.  Every worker of the job is `python -m pydist.worker --join HEAD` with the
    ident `<job_id>.<task>`, so each offer maps to its job and task; offers of jobs of this

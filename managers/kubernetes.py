@@ -12,7 +12,7 @@ or the environment.  Pods and Secret are labelled pydist.cluster=<cluster id>, p
 pydist.role=worker and, once registered, pydist.pid; when the master runs in a pod, worker pods
 get an ownerReference to it, so Kubernetes deletes them with it.
 
-Which side connects.  The worker: it dials the master's join listener (managers.elastic) at
+Which side connects.  The worker: it dials the master's join listener (pydist.managers.elastic) at
 HEAD = join_host:port and authenticates with the cookie; the master never dials a pod.  This
 cluster's pods are claimed from the listener, so an ElasticManager never takes them.  While a
 launch waits, ONE watch over the cluster's pods (a label selector, no polling) follows them: a

@@ -10,7 +10,7 @@ Inside an allocation (a script run by sbatch or salloc), `addprocs(SlurmManager(
 `n` runs that command as one step of SLURM_NTASKS tasks of the allocation, started by `srun`
 from the master (the batch script itself); the ident is `$SLURM_JOB_ID.<launch>.<task>`.
 
-Which side connects.  The worker: it dials the master's join listener (managers.elastic) at
+Which side connects.  The worker: it dials the master's join listener (pydist.managers.elastic) at
 `join_host` (default: the master's hostname) and authenticates with the cookie, which it
 reads from a 0600 file in `output_dir` that the master writes before submitting and removes
 when the job ends.  The cookie is never on a command line, in the script or in the
@@ -26,7 +26,7 @@ exit and the job ends.  `interrupt` raises KeyboardInterrupt in the worker's run
 sent over the link; Slurm is not involved.
 
 Scheduler traffic: one `squeue` call per poll for all of this process's Slurm jobs
-(managers._jobs owns the only poll loop); `sbatch` once per addprocs; `scancel` once per job.
+(pydist.managers._jobs owns the only poll loop); `sbatch` once per addprocs; `scancel` once per job.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class SlurmManager(JobManager):
     ["module load python/3.11", "source ~/venv/bin/activate"].  output_dir: where the job's
     output file and the cookie file go (a directory the nodes share; default ~/.pydist/slurm).
     queue_timeout, worker_timeout, poll_interval, walltime_margin, join_host, join_port: see
-    managers._jobs.JobManager."""
+    pydist.managers._jobs.JobManager."""
 
     job_kind = "Slurm job"
     submit_hint = ("fix the option sbatch names (partition=..., sbatch_args=[...], ...); "

@@ -178,10 +178,10 @@ def _manager_for(spec, kwargs) -> ClusterManager:
     if isinstance(spec, int):
         if spec < 0:
             raise ValueError(f"addprocs({spec}): the number of workers must be >= 0")
-        from managers.local import LocalManager
+        from pydist.managers.local import LocalManager
         return LocalManager(spec, restrict=kwargs.get("restrict", True))
     if isinstance(spec, (list, tuple)):
-        from managers.ssh import SSHManager
+        from pydist.managers.ssh import SSHManager
         return SSHManager(list(spec))
     raise TypeError(f"addprocs cannot start workers from a {type(spec).__name__}: pass a number, "
                     "a list of machines or a ClusterManager")

@@ -161,7 +161,7 @@ def test_machine_file_without_machines_is_an_error(tmp_path):
 
 # -- pydist worker --join ------------------------------------------------------------------------
 def test_worker_subcommand_joins_a_master(no_workers, tmp_path):
-    from managers.elastic import ElasticManager
+    from pydist.managers.elastic import ElasticManager
     manager = ElasticManager(n=1, host="127.0.0.1", port=0, timeout=60)
     host, port = manager.address
     cookie = tmp_path / "cookie"

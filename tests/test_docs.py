@@ -27,7 +27,7 @@ NO_TEST = re.compile(r"<!--\s*no-test:\s*(.+?)\s*-->")
 # Written by others and not there yet: while missing they make the link and name tests
 # xfail (listed by `pytest -rx`) instead of fail; once there, they are checked like the rest.
 PENDING_PAGES = {"performance.md", "reliability.md", "managers/kubernetes.md"}
-PENDING_NAMES = {"managers.KubernetesManager"}
+PENDING_NAMES = {"pydist.managers.KubernetesManager"}
 
 
 def python_blocks(page: Path) -> list[tuple[int, str]]:

@@ -109,7 +109,7 @@ def test_interrupt_with_no_pids_interrupts_every_worker(fresh):
 
 
 def test_process_messages_joins_a_master_over_a_socket_the_caller_made(fresh):
-    from managers import ElasticManager
+    from pydist.managers import ElasticManager
     manager = ElasticManager(n=1, host="127.0.0.1", port=0, timeout=30)
     code = (f"import socket, threading\n"
             f"from pydist import process_messages, init_worker\n"

@@ -39,7 +39,7 @@ def kube(tmp_path_factory):
     """The cluster for this module's tests (see the module docstring)."""
     from kubernetes import client, config
 
-    from managers.kubernetes import default_namespace
+    from pydist.managers.kubernetes import default_namespace
     if os.environ.get("KUBECONFIG"):
         core = client.CoreV1Api(config.new_client_from_config(config_file=os.environ["KUBECONFIG"]))
         yield Kube(core, default_namespace(False), os.environ.get("PYDIST_TEST_K8S_JOIN_HOST"))

@@ -27,7 +27,7 @@ from conftest import remove_all_workers, wait_until
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 
-from managers.docker import DockerManager
+from pydist.managers.docker import DockerManager
 from pydist import (LaunchError, ProcessExitedException, addprocs, cluster_cookie, fetch, myid,
                     remotecall, remotecall_fetch, rmprocs, workers)
 from pydist.process import STATE
@@ -165,7 +165,7 @@ DRIVER = """
 import json, os
 from pydist import addprocs, myid, remotecall_fetch, rmprocs
 from pydist.process import STATE
-from managers.docker import DockerManager
+from pydist.managers.docker import DockerManager
 print("CLUSTER", STATE.cluster_id, flush=True)
 ids = addprocs(DockerManager(n=2, image=os.environ["IMAGE"], network=os.environ["NET"],
                              docker_url="unix:///var/run/docker.sock"))
@@ -208,7 +208,7 @@ def test_containers_go_away_when_the_master_is_sigkilled(client, tmp_path):
         import sys
         from pydist import addprocs
         from pydist.process import STATE
-        from managers.docker import DockerManager
+        from pydist.managers.docker import DockerManager
         addprocs(DockerManager(n=1, image=sys.argv[1]))
         print(STATE.cluster_id, flush=True)
         sys.stdin.read()
@@ -241,7 +241,7 @@ def test_prune_removes_containers_of_dead_masters_only(client):
         return c
     orphan, never_started, alive = container(dead.pid), container(dead.pid, start=False), container(os.getpid())
     try:
-        prune = [sys.executable, "-m", "managers.docker", "prune", "--cluster", cluster]
+        prune = [sys.executable, "-m", "pydist.managers.docker", "prune", "--cluster", cluster]
         listed = subprocess.run(prune + ["--all", "--dry-run"], capture_output=True, text=True,
                                 cwd=REPO, timeout=60, check=False)
         assert listed.returncode == 0 and "would remove 3 container(s)" in listed.stdout, listed

@@ -17,8 +17,8 @@ import yaml
 
 from conftest import wait_until
 from conftest_k8s import IMAGE, POD_TIMEOUT, kube, remove_workers, wait_for_pods  # noqa: F401 (fixture)
-from managers import ElasticManager
-from managers.kubernetes import default_join_host
+from pydist.managers import ElasticManager
+from pydist.managers.kubernetes import default_join_host
 from pydist import addprocs, cluster_cookie, myid, pmap, remotecall_fetch, workers
 from pydist.cluster import registry
 

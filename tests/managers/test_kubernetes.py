@@ -21,7 +21,7 @@ import pytest
 
 from conftest_k8s import (IMAGE, POD_TIMEOUT, cluster_pods, cluster_secrets, kube,  # noqa: F401 (fixture)
                           remove_workers, wait_for_pods, wait_nothing_left)
-from managers.kubernetes import KubernetesManager, default_namespace, pending_reason, pod_failure, secret_name
+from pydist.managers.kubernetes import KubernetesManager, default_namespace, pending_reason, pod_failure, secret_name
 from pydist import LaunchError, addprocs, cluster_cookie, myid, pmap, remotecall_fetch, rmprocs, workers
 from pydist.process import STATE
 
@@ -304,7 +304,7 @@ DRIVER = """
 import json, os
 from pydist import addprocs, remotecall_fetch
 from pydist.process import STATE
-from managers import KubernetesManager
+from pydist.managers import KubernetesManager
 ids = addprocs(KubernetesManager(n=2, image=os.environ["IMAGE"], join_host=os.environ["JOIN_HOST"] or None))
 print("CLUSTER", STATE.cluster_id, json.dumps([remotecall_fetch(lambda: 6 * 7, p) for p in ids]), flush=True)
 """

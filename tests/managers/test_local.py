@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from managers import _forkserver
+from pydist.managers import _forkserver
 from pydist import addprocs, remotecall_fetch, rmprocs, settings, workers
 from tests.conftest import wait_until
 
@@ -116,3 +116,19 @@ def test_an_interpreter_wrapper_that_closes_descriptors_still_gets_its_worker(no
     wrapper.chmod(0o755)
     [w] = addprocs(1, exename=str(wrapper))
     assert remotecall_fetch(lambda: 6 * 7, w) == 42
+
+
+def test_a_users_own_managers_module_does_not_shadow_pydist_managers(tmp_path):
+    """A managers.py (or managers/ package) in the working directory is the user's, not ours."""
+    import subprocess
+    import sys
+    (tmp_path / "managers.py").write_text("raise SystemExit('the user managers.py was imported')\n")
+    script = ("from pydist import addprocs, remotecall_fetch, rmprocs\n"
+              "from pydist.managers import LocalManager, KubernetesManager\n"
+              "[w] = addprocs(1)\n"
+              "print(remotecall_fetch(lambda: 6 * 7, w))\n"
+              "rmprocs(w).wait()\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "42"

@@ -23,7 +23,7 @@ import pytest
 from conftest import wait_until
 from infra import require, slurm_running      # tests/ is on sys.path (no tests/__init__.py)
 
-from managers.slurm import SlurmManager
+from pydist.managers.slurm import SlurmManager
 import pydist.cluster
 from pydist import (LaunchError, addprocs, cluster_cookie, default_addprocs_params, myid, pmap, remotecall,
                     remotecall_fetch, rmprocs, workers)
@@ -176,7 +176,7 @@ def test_slurm_job_outlives_a_removed_worker_until_the_last_one_goes(slurm):
 MASTER = """
 import os, signal, sys
 from pydist import addprocs
-from managers.slurm import SlurmManager
+from pydist.managers.slurm import SlurmManager
 import pydist.cluster
 addprocs(SlurmManager(n=1, join_host="127.0.0.1", output_dir=sys.argv[2], job_name=sys.argv[3],
                       time="5", poll_interval=0.5, queue_timeout=60, worker_timeout=30))
@@ -200,7 +200,7 @@ def test_slurm_job_ends_within_30_s_when_the_master_exits(slurm, how):
 DRIVER = """
 import json, os, sys
 from pydist import addprocs, myid, pmap, remotecall_fetch, rmprocs
-from managers import SlurmManager
+from pydist.managers import SlurmManager
 ids = addprocs(SlurmManager(join_host="127.0.0.1", output_dir=sys.argv[2], poll_interval=0.5))
 result = {"ids": ids, "squares": pmap(lambda x: x * x, range(6)),
           "jobs": [remotecall_fetch(lambda: os.environ["SLURM_JOB_ID"], p) for p in ids],
@@ -234,7 +234,7 @@ def test_slurm_manager_inside_an_allocation_starts_one_worker_per_task(slurm):
 
 @pytest.mark.slurm
 def test_worker_array_joins_an_elastic_master(slurm):
-    from managers.elastic import ElasticManager
+    from pydist.managers.elastic import ElasticManager
     name, tmp = slurm
     elastic = ElasticManager(n=2, host="127.0.0.1", port=0, timeout=60)
     host, port = elastic.address

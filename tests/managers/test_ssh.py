@@ -23,8 +23,8 @@ import infra
 from conftest import wait_until
 from conftest_ssh import (LOOPBACK, SSHD_PORT, SSHHOST_IMAGE, docker, loopback, no_workers, pid_gone,  # noqa: F401
                           ssh_flags, sshhosts)
-from managers import SSHManager
-from managers._openssh import _host_matches, _parse_sshflags, _resolve
+from pydist.managers import SSHManager
+from pydist.managers._openssh import _host_matches, _parse_sshflags, _resolve
 from pydist import (LaunchError, RemoteChannel, RemoteException, addprocs, default_addprocs_params, interrupt, remote_do,
                     remotecall, remotecall_fetch, rmprocs, settings, workers)
 from pydist.cluster import registry
