@@ -18,12 +18,11 @@ container does.
 `kill` (rmprocs) asks the worker to exit over its link, stops the container if it did not
 go (SIGTERM, then SIGKILL), and waits until Docker has removed it.  `interrupt` goes over
 the link; the container is not signalled.  A worker exits when it loses its master, and its
-container is then auto-removed; `pydist-docker prune` removes what a crash left behind.
+container is then auto-removed; `pydist docker prune` removes what a crash left behind.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import logging
@@ -42,6 +41,7 @@ except ImportError as err:  # pragma: no cover - depends on the installation
     raise ImportError("DockerManager needs the Docker SDK: pip install 'pydist[docker]'") from err
 
 from pydist import ClusterManager, LaunchError, WorkerConfig, cluster_cookie, settings
+from pydist._args import ArgumentParser
 from pydist.cluster import relay_output
 from pydist.manager import ask_to_exit
 from pydist.process import STATE
@@ -295,7 +295,7 @@ def _await_removal(container) -> None:
     _remove(container)
 
 
-# -- pydist-docker prune --------------------------------------------------------------------
+# -- pydist docker prune --------------------------------------------------------------------
 def prune(client: docker.DockerClient | None = None, everything: bool = False,
           cluster: str | None = None, dry_run: bool = False) -> list[tuple[str, str]]:
     """Remove pydist worker containers left by dead clusters; returns (name, why) per container.
@@ -332,9 +332,9 @@ def _leftover(container) -> str | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`pydist-docker prune [--all] [--cluster ID] [--dry-run] [--docker-url URL]`."""
-    parser = argparse.ArgumentParser(prog="pydist-docker", description="Manage pydist worker containers.")
+def main(argv: list[str] | None = None, prog: str = "pydist docker") -> int:
+    """`pydist docker prune [--all] [--cluster ID] [--dry-run] [--docker-url URL]`."""
+    parser = ArgumentParser(prog=prog, description="Manage pydist worker containers.")
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("prune", help="remove worker containers of dead clusters (by label)")
     p.add_argument("--all", action="store_true", help="remove every pydist worker container")
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
                   else docker.from_env(timeout=API_TIMEOUT))
         removed = prune(client, args.all, args.cluster, args.dry_run)
     except (DockerException, requests.RequestException) as err:
-        parser.exit(1, f"pydist-docker: the Docker daemon did not answer: {err}\n")
+        parser.exit(1, f"{prog}: the Docker daemon did not answer: {err}\n")
     verb = "would remove" if args.dry_run else "removed"
     for name, why in removed:
         print(f"{verb} {name}: {why}")

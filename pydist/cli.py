@@ -1,10 +1,16 @@
-"""The `pydist` command (Julia: `julia -p N`, `--machine-file`, `--worker`), and cluster status.
+"""The `pydist` command, also `python -m pydist` (Julia: `julia -p N`, `--machine-file`,
+`--worker`), and cluster status.
 
     pydist -p 4 script.py [args]           run script.py as __main__ with 4 local workers added
     pydist --machine-file hosts script.py  ... with SSH workers from a Julia-style machine file
     pydist -p 2 -c "code" | -m module      like python -c / -m; no script: an interactive console
     pydist worker --join HOST:PORT [--cookie-file F]   a worker that joins a master
     pydist status [--json] [CLUSTER]       the workers of running clusters on this machine
+    pydist docker prune [--all]            remove worker containers a crashed master left
+    pydist demo [-p N]                     start workers and estimate pi with pmap
+    pydist --version
+
+A bad argument or file is one line on stderr and exit status 2 (pydist._args).
 
 Running a script.  As `python script.py` does, the script's directory becomes sys.path[0]
 and sys.argv is [script, *args]; the workers are added first, and they get the master's
@@ -47,6 +53,7 @@ import types
 from pathlib import Path
 
 from . import calls
+from ._args import ArgumentParser, fail, version
 from .messages import Mode
 from .process import STATE, internal, myid, result, send_call, workers
 
@@ -58,7 +65,7 @@ __all__ = ["main", "parse_machine_file", "parse_machine_line", "cluster_status",
 STATUS_TIMEOUT = 5.0
 # `pydist status` waits this long for a master's answer (it gathers within STATUS_TIMEOUT).
 CLIENT_TIMEOUT = STATUS_TIMEOUT + 10.0
-SUBCOMMANDS = ("worker", "status")
+SUBCOMMANDS = ("worker", "status", "docker", "demo")
 
 
 # -- machine files ---------------------------------------------------------------------------
@@ -393,12 +400,17 @@ def _size(nbytes: int | None) -> str:
 
 
 # -- `pydist [options] script.py` -------------------------------------------------------------------
-def _run_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _run_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="pydist", usage="pydist [-p N|auto] [--machine-file FILE] [-c CODE | -m MODULE | script.py] [args]\n"
                              "       pydist worker --join HOST:PORT [--cookie-file FILE]\n"
-                             "       pydist status [--json] [CLUSTER]",
-        description="Run a Python script with pydist workers already added (Julia: julia -p N).")
+                             "       pydist status [--json] [CLUSTER]\n"
+                             "       pydist docker prune [--all] [--dry-run]\n"
+                             "       pydist demo [-p N] [-n DARTS]",
+        description="Run a Python script with pydist workers already added (Julia: julia -p N). "
+                    "Without a script: an interactive console. Subcommands: worker, status, "
+                    "docker prune, demo (each with --help).")
+    parser.add_argument("--version", action="version", version=f"pydist {version()}")
     parser.add_argument("-p", "--procs", metavar="N|auto",
                         help="start N local workers (auto: one per core)")
     parser.add_argument("--machine-file", metavar="FILE",
@@ -433,23 +445,38 @@ def _split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _procs(text: str) -> int:
+    """-p's value: a number of workers >= 0, or 'auto' (one per core); ValueError otherwise."""
     if text == "auto":
         return os.cpu_count() or 1
     try:
         n = int(text)
     except ValueError:
-        raise SystemExit(f"pydist: -p expects a number of workers or 'auto', not {text!r}") from None
+        raise ValueError(f"-p expects a number of workers or 'auto', not {text!r}") from None
     if n < 0:
-        raise SystemExit(f"pydist: -p expects a number of workers >= 0, not {n}")
+        raise ValueError(f"-p expects a number of workers >= 0, not {n}")
     return n
+
+
+def _machines(path: str) -> list[tuple[str, int | str]] | None:
+    """--machine-file's machines; a missing, unreadable or bad file is a usage error."""
+    try:
+        return parse_machine_file(path)
+    except OSError as err:
+        fail("pydist", f"--machine-file {path}: {err.strerror or err}")
+    except (ValueError, UnicodeDecodeError) as err:
+        fail("pydist", f"--machine-file {err}")
 
 
 def _run(argv: list[str]) -> int:
     own, rest = _split_argv(argv)
     opts = _run_parser().parse_args(own)
     if opts.code is not None and opts.module is not None:
-        raise SystemExit("pydist: give -c or -m, not both")
-    machines = parse_machine_file(opts.machine_file) if opts.machine_file else None
+        fail("pydist", "give -c or -m, not both")
+    try:
+        procs = _procs(opts.procs) if opts.procs else 0
+    except ValueError as err:
+        fail("pydist", str(err))
+    machines = _machines(opts.machine_file) if opts.machine_file else None
 
     # As python does: sys.argv and sys.path[0] first, so workers inherit the path on joining.
     if opts.code is not None:
@@ -458,8 +485,8 @@ def _run(argv: list[str]) -> int:
         sys.argv, path0 = [opts.module, *rest], os.getcwd()
     elif rest:
         script = rest[0]
-        if not os.path.exists(script):
-            raise SystemExit(f"pydist: can't open file {os.path.abspath(script)!r}: no such file")
+        if not os.path.isfile(script):
+            fail("pydist", f"can't open file {os.path.abspath(script)!r}: no such file")
         sys.argv, path0 = list(rest), os.path.dirname(os.path.abspath(script))
     else:
         sys.argv, path0 = [""], ""
@@ -469,12 +496,17 @@ def _run(argv: list[str]) -> int:
         sys.path.insert(0, path0)
 
     from .cluster import addprocs, rmprocs
+    from .errors import LaunchError
     added: list[int] = []
     try:
-        if opts.procs:
-            added += addprocs(_procs(opts.procs))
-        if machines:
-            added += addprocs(machines)
+        try:
+            if procs:
+                added += addprocs(procs)
+            if machines:
+                added += addprocs(machines)
+        except LaunchError as err:
+            print(f"pydist: {err}", file=sys.stderr)
+            return 1
         if not opts.no_status:
             try:
                 serve_status()
@@ -511,21 +543,37 @@ def _interact(added: list[int]) -> None:
     module = types.ModuleType("__main__")
     sys.modules["__main__"] = module
     exec("from pydist import *", module.__dict__)
-    banner = (f"pydist {sys.version.split()[0]}: workers {workers()} (from pydist import * done); "
-              "Ctrl-D to quit")
+    banner = (f"pydist {version()} (Python {sys.version.split()[0]}): workers {workers()} "
+              "(from pydist import * done); Ctrl-D to quit")
     code.interact(banner=banner, local=module.__dict__, exitmsg="")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `pydist` console script; returns the exit status."""
+    """Entry point of `pydist` and `python -m pydist`; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "worker":
+    command = argv[0] if argv else None
+    if command == "worker":
         from .worker import main as worker_main
-        worker_main(argv[1:])          # serves until the master goes; never returns normally
+        worker_main(argv[1:], prog="pydist worker")   # serves until the master goes
         return 0
-    if argv and argv[0] == "status":
+    if command == "status":
         return _status_command(argv[1:])
+    if command == "docker":
+        return _docker_command(argv[1:])
+    if command == "demo":
+        from .demo import main as demo_main
+        return demo_main(argv[1:], prog="pydist demo")
     return _run(argv)
+
+
+def _docker_command(argv: list[str]) -> int:
+    """`pydist docker prune ...`: the Docker manager's own command (needs pydist[docker])."""
+    try:
+        from .managers.docker import main as docker_main
+    except ImportError as err:
+        print(f"pydist docker: {err}", file=sys.stderr)
+        return 1
+    return docker_main(argv, prog="pydist docker")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import types
 from typing import TextIO
 
 from .. import settings
+from .._args import ArgumentParser
 from ..calls import interrupt_calls, interruptible_sleep
 from ..messages import Kind
 from ..process import (STATE, WorkerInfo, accept, add_members, cluster_cookie, configure_heartbeat,
@@ -257,24 +258,41 @@ def _linked(fd: int | None) -> socket.socket | None:
         return None
 
 
-def _read_cookie(args) -> str:
+def _read_cookie(args, parser: argparse.ArgumentParser) -> str:
+    """The cookie from --cookie-file, the file --cookie-env names, or stdin's first line; a
+    missing or empty one is a usage error (exit 2)."""
+    if args.cookie_env and not args.cookie_file:
+        if not os.environ.get(args.cookie_env):
+            parser.error(f"--cookie-env {args.cookie_env}: that environment variable is not set")
+        args.cookie_file = os.environ[args.cookie_env]
     if args.cookie_file:
-        with open(args.cookie_file) as f:
-            return f.read().strip()
-    if args.cookie_env:
-        with open(os.environ[args.cookie_env]) as f:
-            return f.read().strip()
+        try:
+            with open(args.cookie_file) as f:
+                cookie = f.read().strip()
+        except OSError as err:
+            parser.error(f"cannot read the cookie file {args.cookie_file}: {err.strerror or err}")
+        if not cookie:
+            parser.error(f"the cookie file {args.cookie_file} is empty")
+        return cookie
     line = sys.stdin.readline().strip()
     if not line:
-        raise SystemExit("pydist worker: expected the cluster cookie as the first line of stdin")
+        parser.error("expected the cluster cookie as the first line of stdin (or --cookie-file FILE)")
     return line
+
+
+def _join_address(text: str) -> tuple[str, int] | None:
+    """(host, port) from --join's HOST:PORT ([v6]:PORT too); None if it is not one."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host.strip("[]"), int(port)
 
 
 @functools.cache
 def _parser() -> argparse.ArgumentParser:
     """Built once: the fork server builds it before it forks (building costs a forked worker
     ~2 ms, most of it copy-on-write faults), so a forked worker only parses."""
-    parser = argparse.ArgumentParser(prog="python -m pydist.worker", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m pydist.worker", description=__doc__.split("\n")[0])
     parser.add_argument("--bind-to", default="0.0.0.0", help="address to listen on (default all)")
     parser.add_argument("--advertise", help="address peers should dial (default: the bind address "
                                             "or this host's)")
@@ -293,23 +311,33 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    """Run a worker (`python -m pydist.worker`, `pydist worker`); `prog` names the command in
+    help and errors."""
+    parser = _parser()
+    if prog is not None:
+        parser.prog = prog
+    args = parser.parse_args(argv)
     if args.fork_server is not None:        # LocalManager's fork server (forkserver.py)
         from .forkserver import serve
         serve(args.fork_server)
-    cookie = _read_cookie(args)
+    if args.join and not _join_address(args.join):
+        parser.error(f"--join expects HOST:PORT, not {args.join!r}")
     if args.tls_cert or args.tls_key or args.tls_ca:
         if not (args.tls_cert and args.tls_key and args.tls_ca):
-            raise SystemExit("pydist worker: TLS needs all three of --tls-cert, --tls-key and --tls-ca")
+            parser.error("TLS needs all three of --tls-cert, --tls-key and --tls-ca")
+        paths = (args.tls_cert, args.tls_key, args.tls_ca)
+        unreadable = [path for path in paths if not os.access(path, os.R_OK)]
+        if unreadable:
+            parser.error(f"cannot read {', '.join(unreadable)} (--tls-cert, --tls-key, --tls-ca)")
         from ..tls import TLSConfig
         STATE.tls = TLSConfig(args.tls_cert, args.tls_key, args.tls_ca)
+    cookie = _read_cookie(args, parser)
     # User code sent with everywhere() runs in a clean __main__, not in this module.
     sys.modules["__main__"] = types.ModuleType("__main__")
     if args.join:
-        host, _, port = args.join.rpartition(":")
-        join_master(host.strip("[]"), int(port), cookie, args.join_timeout, args.bind_to,
-                    args.advertise, args.ident)
+        host, port = _join_address(args.join)
+        join_master(host, port, cookie, args.join_timeout, args.bind_to, args.advertise, args.ident)
     else:
         start_worker(sys.stdout, cookie, args.bind_to, args.advertise, _linked(args.linked_fd))
 
