@@ -11,9 +11,9 @@ of stdin (never in the environment, labels, command line or image), waits for th
 `pydist_worker:PORT#HOST` line and dials the container's IP on its network: the default
 bridge, or `network=`, also when the master itself runs in a container on that network.
 
-Threads: one per worker, `pydist-docker-output-<pid>`, owned by its container's attach
-stream: it finds the address line, relays every line as `From worker N:` and ends when the
-container does.
+Threads: one per worker, the core's output relay `pydist-output-docker-<pid>`, owned by its
+container's attach stream: it finds the address line, relays every line as `From worker N:`
+(the container's stderr to the master's stderr) and ends when the container does.
 
 `kill` (rmprocs) asks the worker to exit over its link, stops the container if it did not
 go (SIGTERM, then SIGKILL), and waits until Docker has removed it.  `interrupt` goes over
@@ -23,13 +23,12 @@ container is then auto-removed; `pydist docker prune` removes what a crash left 
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import os
-import queue
 import socket
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 try:
@@ -42,10 +41,9 @@ except ImportError as err:  # pragma: no cover - depends on the installation
 
 from pydist import ClusterManager, LaunchError, WorkerConfig, cluster_cookie, settings
 from pydist._args import ArgumentParser
-from pydist.cluster import relay_output
+from pydist.output import STDERR_MARK, OutputRelay
 from pydist.manager import ask_to_exit
 from pydist.process import STATE
-from pydist.worker import parse_address
 
 from ._base import DEFAULT_IMAGE, forwarded_env, worker_env
 
@@ -60,8 +58,6 @@ API_TIMEOUT = 30.0
 # Seconds kill waits for Docker to remove an exited container (it takes well under one)
 # before removing it by force.
 REMOVE_TIMEOUT = 20.0
-# Output lines kept for the error of a container that failed before printing its address.
-TAIL_LINES = 20
 LABEL_CLUSTER, LABEL_PID, LABEL_MASTER = "pydist.cluster", "pydist.pid", "pydist.master"
 
 
@@ -160,7 +156,7 @@ class DockerManager(ClusterManager):
                                                                     "stderr": 1, "stream": 1})
             raw = getattr(stream, "_sock", stream)     # SocketIO over the unix socket, else a socket
             raw.settimeout(None)                       # it carries output for the worker's lifetime
-            output = _Output(stream, pid)
+            output = OutputRelay(_lines(stream), f"docker-{pid}", pid)
             try:
                 container.start()
             except APIError as err:
@@ -168,11 +164,11 @@ class DockerManager(ClusterManager):
                                    f"{err.explanation or err}; the image needs `python` with pydist "
                                    f"installed: build one with `{BUILD_COMMAND}`") from None
             raw.sendall((cluster_cookie() + "\n").encode())
-            address = output.address(data.worker_timeout)
-            if address is None:
-                raise RuntimeError(f"container {spec['name']} ({self.image}) exited before printing its "
-                                   f"address{_exit_code(container)}" + output.tail()
-                                   + f"\nCheck that the image runs pydist's worker: `{BUILD_COMMAND}`")
+            try:
+                address = output.address(data.worker_timeout)
+            except ConnectionError as err:
+                raise RuntimeError(f"container {spec['name']} ({self.image}){_exit_code(container)}: {err}"
+                                   f"\nCheck that the image runs pydist's worker: `{BUILD_COMMAND}`") from None
             config.host = _container_ip(container, self.network) or address[0]
             config.port = address[1]
             return super().connect(pid, config)
@@ -200,57 +196,27 @@ class DockerManager(ClusterManager):
         return f"DockerManager(n={self.n}, image={self.image!r}, network={self.network!r})"
 
 
-class _Output:
-    """A container's attached stdout/stderr: the address line, then every line relayed."""
+def _lines(stream) -> Iterator[str]:
+    """A container's attached stdout and stderr as lines for the core's OutputRelay (stderr's
+    marked, so they reach the master's stderr); closes the stream when the container ends."""
+    partial: dict[int, bytes] = {}
+    try:
+        for stream_no, chunk in frames_iter(stream, tty=False):
+            *complete, partial[stream_no] = (partial.get(stream_no, b"") + chunk).split(b"\n")
+            for raw in complete:
+                yield _line(stream_no, raw.rstrip(b"\r"))
+        for stream_no, rest in partial.items():
+            if rest:
+                yield _line(stream_no, rest)
+    except (OSError, ValueError, SocketError):
+        pass
+    finally:
+        stream.close()
 
-    def __init__(self, stream, pid: int):
-        self.pid = pid
-        self.lines: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-        self._stream = stream
-        self._address: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self._run, name=f"pydist-docker-output-{pid}", daemon=True).start()
 
-    def address(self, timeout: float) -> tuple[str, int] | None:
-        """(host, port) from the address line; None if the container ended first."""
-        try:
-            return self._address.get(timeout=timeout)
-        except queue.Empty:
-            raise TimeoutError(f"worker {self.pid} printed no address within {timeout:.0f} s "
-                               "(PYDIST_WORKER_TIMEOUT)" + self.tail()) from None
-
-    def tail(self) -> str:
-        return "; its last output lines:\n" + "\n".join(self.lines) if self.lines else "; it printed nothing"
-
-    def _run(self) -> None:
-        found = False
-        partial: dict[int, bytes] = {}
-        try:
-            for stream_no, chunk in frames_iter(self._stream, tty=False):
-                *complete, partial[stream_no] = (partial.get(stream_no, b"") + chunk).split(b"\n")
-                for raw in complete:
-                    found = self._line(raw.decode(errors="replace").rstrip("\r"), found)
-            for rest in partial.values():
-                if rest:
-                    found = self._line(rest.decode(errors="replace"), found)
-        except (OSError, ValueError, SocketError):
-            pass
-        finally:
-            self._stream.close()
-            if not found:
-                self._address.put(None)
-
-    def _line(self, line: str, found: bool) -> bool:
-        if not found:
-            try:
-                address = parse_address(line)
-            except ValueError:
-                address = None
-            if address is not None:
-                self._address.put(address)
-                return True
-            self.lines.append(line)
-        relay_output(self.pid, line)
-        return found
+def _line(stream_no: int, raw: bytes) -> str:
+    line = raw.decode(errors="replace")
+    return STDERR_MARK + line if stream_no == 2 and not line.startswith(STDERR_MARK) else line
 
 
 def _container_ip(container, network: str | None) -> str | None:

@@ -6,8 +6,8 @@ address line, connect, authenticate, send JOIN, wait for JOINED, register.  So n
 start in parallel.  When all are in, every worker is sent the full membership table; only
 then does addprocs return, so old and new workers can call each other.
 
-Worker output read from `WorkerConfig.io` is relayed to the master's stdout by a thread per
-worker (`pydist-output-<pid>`), each line prefixed `From worker N:`.
+Worker output read from `WorkerConfig.io` is relayed by an `output.OutputRelay`, a thread per
+worker (`pydist-output-<what>`), each line prefixed `From worker N:`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import enum
 import itertools
 import logging
 import math
-import queue
 import shlex
 import sys
 import threading
@@ -31,13 +30,13 @@ from .calls import interrupt_calls, internal, remote_do
 from .errors import LaunchError, ProcessExitedException
 from .manager import ClusterManager, WorkerConfig, default_addprocs_params, reap, stop_process
 from .messages import Kind, Mode
+from .output import OutputRelay, stream_lines
 from .process import (STATE, WorkerInfo, add_members, cluster_cookie, myid, configure_heartbeat,
                       on_close, on_frame, peer_exited, result, secure, send_call, start_heartbeat,
                       workers)
 from .serialize import dumps, loads
 from .handshake import handshake
 from .transport import Link
-from .worker import parse_address
 
 log = logging.getLogger("pydist")
 
@@ -68,78 +67,6 @@ _registry: dict[int, _Worker] = {}      # pid -> worker, on the master; guarded 
 _pids = itertools.count(2)              # ids are never reused while the master lives
 _addprocs_lock = threading.Lock()       # addprocs runs one at a time (Julia: worker_lock)
 _added_hooks: list = []                 # fn(pids) after workers joined (default pool)
-_print_lock = threading.Lock()          # one relayed line at a time on stdout
-relay_write = None                      # replaced while a progress bar is shown (pmap)
-
-
-# -- output relay ------------------------------------------------------------------------------
-class _OutputRelay:
-    """Reads a worker's output stream: finds the address line, then relays every line."""
-
-    def __init__(self, stream, what: str):
-        self.stream = stream
-        self.what = what
-        self.pid: int | None = None
-        self.lines: list[str] = []           # seen before the address, for error messages
-        self._address: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self._run, name=f"pydist-output-{what}", daemon=True).start()
-
-    def address(self, timeout: float) -> tuple[str, int]:
-        try:
-            found = self._address.get(timeout=timeout)
-        except queue.Empty:
-            raise TimeoutError(f"no address line within {timeout:.0f} s (PYDIST_WORKER_TIMEOUT)"
-                               + self._tail()) from None
-        if found is None:
-            raise ConnectionError("the worker exited before printing its address" + self._tail())
-        return found
-
-    def _tail(self) -> str:
-        return "; its output was:\n" + "\n".join(self.lines[-20:]) if self.lines else ""
-
-    def _run(self) -> None:
-        found = False
-        try:
-            for raw in iter(self.stream.readline, b""):
-                line = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
-                line = line.rstrip("\r\n")
-                if not found:
-                    address = parse_address(line)
-                    if address is not None:
-                        found = True
-                        self._address.put(address)
-                        continue
-                    self.lines.append(line)
-                relay_output(self.pid, line)
-        except (OSError, ValueError):
-            pass
-        finally:
-            if not found:
-                self._address.put(None)
-            try:
-                self.stream.close()
-            except Exception:
-                pass
-
-
-def relay_output(pid: int | None, line: str) -> None:
-    """Print one line of worker `pid`'s output on the master's stdout, prefixed
-    `From worker N:` (for managers that read worker output themselves)."""
-    text = f"      From worker {pid if pid is not None else '?'}:\t{line}"
-    writer = relay_write
-    with _print_lock:
-        if writer is not None:
-            writer(text)
-        else:
-            sys.stdout.write(text + "\n")
-            sys.stdout.flush()
-
-
-@internal
-def relay_lines(pid: int, lines: list[str]) -> None:
-    """Worker-connects workers send their output here (worker.py) to be relayed."""
-    for line in lines:
-        relay_output(pid, line)
 
 
 # -- addprocs -----------------------------------------------------------------------------------
@@ -297,7 +224,7 @@ def _setup_one(manager, config: WorkerConfig, params: dict, added: list, failure
     pid = None
     try:
         if config.io is not None and config.sock is None and (config.host is None or config.port is None):
-            relay = _OutputRelay(config.io, what)
+            relay = OutputRelay(stream_lines(config.io), what)
             host, port = relay.address(params["worker_timeout"])
             config.bind_addr = config.bind_addr or host
             config.host = config.host or host

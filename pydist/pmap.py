@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable
 
-from . import cluster
+from . import output
 from .errors import ProcessExitedException, RemoteException, remote_exception
 from .messages import Mode
 from .pools import AbstractWorkerPool, default_worker_pool
@@ -381,14 +381,14 @@ def pmap(func: Callable, *iterables: Iterable, pool: AbstractWorkerPool | None =
     if not n:
         return []
     run = _Run(func, columns, pool, distributed, batch_size, on_error, retry_delays, retry_check, progress)
-    previous = cluster.relay_write
+    previous = output.relay_write
     if progress:
         from tqdm.auto import tqdm
-        cluster.relay_write = tqdm.write      # worker lines print above the bar, not through it
+        output.relay_write = tqdm.write      # worker lines print above the bar, not through it
     try:
         return run.run(width)
     finally:
-        cluster.relay_write = previous
+        output.relay_write = previous
 
 
 def _columns(iterables: tuple) -> tuple:

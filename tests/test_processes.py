@@ -134,11 +134,12 @@ def test_worker_output_is_relayed_with_its_id(cluster, capfd):
     assert f"From worker {cluster[0]}:" in out and "hello from the worker" in out
 
 
-def test_worker_stderr_is_relayed_too(cluster, capfd):
+def test_worker_stderr_is_relayed_to_the_masters_stderr(cluster, capfd):
     import sys
     remotecall_fetch(lambda: print("on stderr", file=sys.stderr, flush=True), cluster[1])
     from conftest import wait_until
     seen = []
-    wait_until(lambda: seen.append(capfd.readouterr().out) or "on stderr" in "".join(seen),
+    wait_until(lambda: seen.append(capfd.readouterr()) or "on stderr" in "".join(e for _, e in seen),
                what="the relayed stderr line")
-    assert f"From worker {cluster[1]}:" in "".join(seen)
+    assert f"From worker {cluster[1]}:\ton stderr" in "".join(err for _, err in seen)
+    assert "on stderr" not in "".join(out for out, _ in seen)

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import io
 import os
-import queue
 import signal
 import socket
 import ssl
@@ -72,8 +70,8 @@ def init_worker(cookie: str | None = None, manager=None) -> None:
 
 def _leave() -> None:
     try:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        from ..output import drain_output
+        drain_output()
     finally:
         os._exit(0)
 
@@ -85,7 +83,9 @@ def start_worker(out: TextIO = sys.stdout, cookie: str | None = None, bind: str 
     `linked`: a socket already connected to the master (LocalManager's socket pair): the
     master authenticates and joins us over it rather than dialing the address, which is
     then for our peers."""
+    from ..output import capture_output
     init_worker(cookie)
+    capture_output()            # whole lines on our stdout, which the master reads
     host, port = listen(bind, 0, advertise or _advertised(bind))
     if linked is not None:
         threading.Thread(target=accept, args=(linked, "the master's socket pair"), daemon=True,
@@ -139,49 +139,13 @@ def process_messages(reader, writer, incoming: bool = True) -> None:
     threading.Thread(target=_offer_and_join, args=(sock, None), daemon=True, name="pydist-join").start()
 
 
-class _Tee(io.TextIOBase):
-    """Writes to the original stream and queues whole lines for the master."""
-
-    def __init__(self, original, lines: queue.SimpleQueue):
-        self.original, self.lines, self._partial = original, lines, ""
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        self.original.write(text)
-        *complete, self._partial = (self._partial + text).split("\n")
-        for line in complete:
-            self.lines.put(line)
-        return len(text)
-
-    def flush(self) -> None:
-        self.original.flush()
-
-    def fileno(self) -> int:
-        return self.original.fileno()
-
-
 def _forward_output() -> None:
     """A joined worker has no stdout pipe to the master: its print()s and tracebacks go to
     the master over the link (as `From worker N:` lines), and to its own stdout as before."""
-    lines: queue.SimpleQueue = queue.SimpleQueue()
-    sys.stdout = _Tee(sys.stdout, lines)
-    sys.stderr = _Tee(sys.stderr, lines)
-
-    def send_loop():
-        from ..cluster import relay_lines
-        from ..messages import Mode
-        from ..process import send_call
-        while True:
-            batch = [lines.get()]
-            while not lines.empty():
-                batch.append(lines.get())
-            try:
-                send_call(1, Mode.DO, relay_lines, (STATE.myid, batch))
-            except Exception:
-                return          # the master is gone: this process is about to exit
-    threading.Thread(target=send_loop, name="pydist-output", daemon=True).start()
+    from ..output import capture_output, forward_over_link, relay_lines
+    from ..messages import Mode
+    from ..process import send_call
+    capture_output(forward_over_link(lambda lines: send_call(1, Mode.DO, relay_lines, (STATE.myid, lines))))
 
 
 def _dial_with_backoff(host: str, port: int, timeout: float):

@@ -1,0 +1,137 @@
+"""Workers' output on the master: whole lines, `From worker N:`, stderr to stderr."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import threading
+
+from conftest import wait_until
+from pydist import addprocs, cluster_cookie, remotecall_fetch, rmprocs
+from pydist.output import STDERR_MARK, LineWriter, relay_output
+
+TIMEOUT = 120
+RELAYED = re.compile(r"^\s*From worker (\d+):\t(.*)$")
+
+
+def run_script(tmp_path, code: str) -> subprocess.CompletedProcess:
+    """Run `code` as a script with its stdout and stderr on two real pipes."""
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(code))
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=TIMEOUT, stdin=subprocess.DEVNULL, cwd=tmp_path)
+
+
+def relayed(text: str) -> list[tuple[int, str]]:
+    return [(int(m.group(1)), m.group(2)) for m in map(RELAYED.match, text.splitlines()) if m]
+
+
+def test_worker_stdout_goes_to_the_masters_stdout_and_stderr_to_its_stderr(tmp_path):
+    done = run_script(tmp_path, """
+        import sys, warnings
+        from pydist import addprocs, remotecall_fetch, rmprocs
+        [pid] = addprocs(1)
+        def talk():
+            print("to stdout")
+            print("to stderr", file=sys.stderr)
+            warnings.warn("a warning")
+        remotecall_fetch(talk, pid)
+        rmprocs(pid).wait()
+    """)
+    assert done.returncode == 0, done.stderr
+    out, err = relayed(done.stdout), relayed(done.stderr)
+    assert (2, "to stdout") in out and (2, "to stderr") in err
+    assert any("UserWarning: a warning" in line for _, line in err)
+    assert all("stderr" not in line and "warning" not in line for _, line in out)
+    assert all("stdout" not in line for _, line in err)
+
+
+def test_lines_printed_by_threads_of_one_worker_never_mix(tmp_path):
+    done = run_script(tmp_path, """
+        import threading
+        from pydist import addprocs, remotecall_fetch, rmprocs
+        [pid] = addprocs(1)
+        def chatter():
+            def say(who):
+                for i in range(300):
+                    print("ran", who, i)       # four writes each: "ran", " ", who, ...
+            threads = [threading.Thread(target=say, args=(w,)) for w in "abcd"]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        remotecall_fetch(chatter, pid)
+        rmprocs(pid).wait()
+    """)
+    assert done.returncode == 0, done.stderr
+    lines = [line for _, line in relayed(done.stdout)]
+    assert len(lines) == 4 * 300
+    assert all(re.fullmatch(r"ran [abcd] \d+", line) for line in lines), \
+        [line for line in lines if not re.fullmatch(r"ran [abcd] \d+", line)][:5]
+    for who in "abcd":
+        assert [line for line in lines if line.split()[1] == who] == [f"ran {who} {i}" for i in range(300)]
+
+
+def test_a_joined_workers_stderr_reaches_the_masters_stderr(no_workers, tmp_path, capfd):
+    from pydist.managers.elastic import ElasticManager
+    manager = ElasticManager(n=1, host="127.0.0.1", port=0, timeout=60)
+    host, port = manager.address
+    cookie = tmp_path / "cookie"
+    cookie.write_text(cluster_cookie())
+    cookie.chmod(0o600)
+    worker = subprocess.Popen([sys.executable, "-m", "pydist", "worker", "--join", f"{host}:{port}",
+                               "--cookie-file", str(cookie)], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        [pid] = addprocs(manager)
+        remotecall_fetch(lambda: (print("joined out"), print("joined err", file=sys.stderr)), pid)
+        seen = []
+        wait_until(lambda: seen.append(capfd.readouterr()) or "joined err" in "".join(e for _, e in seen),
+                   what="the relayed stderr line")
+        wait_until(lambda: seen.append(capfd.readouterr()) or "joined out" in "".join(o for o, _ in seen),
+                   what="the relayed stdout line")
+        out, err = "".join(o for o, _ in seen), "".join(e for _, e in seen)
+        assert f"From worker {pid}:\tjoined err" in err and "joined err" not in out
+        assert f"From worker {pid}:\tjoined out" in out and "joined out" not in err
+        rmprocs(pid, waitfor=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        worker.wait(10)
+
+
+def test_line_writer_passes_on_whole_lines_per_thread():
+    got: list[str] = []
+    writer = LineWriter(sys.__stdout__, got.extend)
+    writer.write("one ")
+    other = threading.Thread(target=lambda: writer.write("other thread\nand its rest"))
+    other.start()
+    other.join()
+    writer.write("line\ntwo")
+    assert got == ["other thread", "one line"]
+    writer.drain()
+    assert sorted(got[2:]) == ["and its rest", "two"]
+
+
+def test_a_marked_line_is_relayed_on_stderr(capfd):
+    relay_output(7, STDERR_MARK + "bad news")
+    relay_output(7, "good news")
+    out, err = capfd.readouterr()
+    assert err == "      From worker 7:\tbad news\n" and out == "      From worker 7:\tgood news\n"
+
+
+def test_a_worker_started_by_hand_in_a_terminal_prints_plain_lines():
+    """No STDERR_MARK where a person reads the output: only a master reads marked lines."""
+    import pty
+    leader, follower = pty.openpty()
+    worker = subprocess.Popen([sys.executable, "-c", "import sys; from pydist.output import capture_output; "
+                               "capture_output(); print('plain', file=sys.stderr)"],
+                              stdout=follower, stderr=follower, stdin=subprocess.DEVNULL)
+    os.close(follower)
+    worker.wait(TIMEOUT)
+    text = os.read(leader, 1000).decode()
+    os.close(leader)
+    assert "plain" in text and STDERR_MARK not in text
