@@ -4,14 +4,25 @@ A `RemoteException` travels as the remote traceback text plus, when possible, th
 original exception; the receiver rebuilds the original, or a `CapturedException` when the
 original cannot be unpickled there (its class is unknown on this side), so an error is never
 lost to a second error.
+
+The traceback is written for the user: pydist's own frames are left out (PYDIST_DEBUG=1
+keeps them), so it starts at the user's function; functions sent by value keep their file
+name (serialize.py), and a frame whose source line the remote process lacks gets it from
+the receiver's copy of the file when there is one.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import linecache
+import os
+import re
+import reprlib
 import traceback
 
 import cloudpickle
+
+from . import settings
 
 # One name for "this state does not allow that": closed channel, Future set twice.
 InvalidStateError = concurrent.futures.InvalidStateError
@@ -43,10 +54,12 @@ class RemoteException(Exception):
         if traceback_text is None:
             traceback_text = getattr(captured, "traceback_text", "") or _format(captured)
         self.traceback_text = traceback_text
+        self.context = ""           # what the call was for, e.g. "pmap element 3 (7)"
 
     def __str__(self) -> str:
         text = self.traceback_text.rstrip() or f"{type(self.captured).__name__}: {self.captured}"
-        return f"On worker {self.pid}:\n{text}"
+        where = f"On worker {self.pid}, {self.context}" if self.context else f"On worker {self.pid}"
+        return f"{where}:\n{text}"
 
     def __reduce__(self):
         try:
@@ -55,7 +68,7 @@ class RemoteException(Exception):
             blob = None
         return (_rebuild_remote_exception,
                 (type(self), self.pid, blob, _type_name(self.captured), _message(self.captured),
-                 self.traceback_text))
+                 self.traceback_text, self.context))
 
 
 class RemoteInvalidStateError(RemoteException, InvalidStateError):
@@ -103,15 +116,67 @@ def remote_exception(pid: int, exc: BaseException) -> RemoteException:
     return RemoteException(pid, exc, _format(exc))
 
 
-_DISPATCH_FILE = __file__.replace("errors.py", "calls.py")
+# pydist's own code: the core, and the managers (inside it when installed from a wheel, next
+# to it in an editable install). Its frames are hidden from remote tracebacks.
+_OWN_DIRS = tuple(os.path.join(os.path.dirname(os.path.abspath(__file__)), *parts) + os.sep
+                  for parts in ((), (os.pardir, "managers")))
+_OWN_DIRS = tuple(os.path.normpath(d) + os.sep for d in _OWN_DIRS)
 
 
 def _format(exc: BaseException) -> str:
-    """The traceback text, without pydist's own dispatch frames at the top."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename == _DISPATCH_FILE:
-        tb = tb.tb_next
-    return "".join(traceback.format_exception(type(exc), exc, tb))
+    """The traceback text, without pydist's own frames unless PYDIST_DEBUG is set."""
+    report = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+    if not settings.DEBUG:
+        _hide_own_frames(report)
+    return "".join(report.format())
+
+
+def _hide_own_frames(report: traceback.TracebackException) -> None:
+    seen: set[int] = set()
+    pending = [report]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        frames = [frame for frame in current.stack if not frame.filename.startswith(_OWN_DIRS)]
+        if len(frames) != len(current.stack):
+            current.stack = traceback.StackSummary.from_list(frames)
+        pending += [current.__cause__, current.__context__, *(getattr(current, "exceptions", None) or ())]
+
+
+_FRAME_LINE = re.compile(r'^(\s*)File "(?P<file>[^"]+)", line (?P<line>\d+), in ')
+
+
+def with_source_lines(text: str) -> str:
+    """`text` (a traceback) with the source line of each frame that lacks one, where this
+    process has the file (a remote process may not: a script sent by value, another host)."""
+    lines = text.split("\n")
+    out = []
+    for i, line in enumerate(lines):
+        out.append(line)
+        match = _FRAME_LINE.match(line)
+        if match is None:
+            continue
+        indent = match.group(1)
+        following = lines[i + 1] if i + 1 < len(lines) else ""
+        if following.startswith(indent + "  ") and not _FRAME_LINE.match(following):
+            continue                    # it has its source line already
+        source = linecache.getline(match.group("file"), int(match.group("line"))).strip()
+        if source:
+            out.append(f"{indent}  {source}")
+    return "\n".join(out)
+
+
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 60
+_short.maxlist = _short.maxtuple = _short.maxdict = 4
+
+
+def element_context(what: str, index: int, columns: tuple) -> str:
+    """`"pmap element 3 ('some value')"`: which element of a map failed, its value truncated;
+    `columns` holds one one-item slice per iterable."""
+    return f"{what} element {index} ({', '.join(_short.repr(column[0]) for column in columns)})"
 
 
 def _type_name(exc: BaseException) -> str:
@@ -126,7 +191,8 @@ def _message(exc: BaseException) -> str:
         return "<unprintable>"
 
 
-def _rebuild_remote_exception(cls, pid, blob, type_name, message, traceback_text):
+def _rebuild_remote_exception(cls, pid, blob, type_name, message, traceback_text, context=""):
+    traceback_text = with_source_lines(traceback_text)
     captured: BaseException | None = None
     if blob is not None:
         try:
@@ -135,4 +201,6 @@ def _rebuild_remote_exception(cls, pid, blob, type_name, message, traceback_text
             captured = None
     if not isinstance(captured, BaseException):
         captured = CapturedException(type_name, message, traceback_text)
-    return cls(pid, captured, traceback_text)
+    rebuilt = cls(pid, captured, traceback_text)
+    rebuilt.context = context
+    return rebuilt

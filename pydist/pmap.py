@@ -19,7 +19,7 @@ import time
 from typing import Any, Callable, Iterable
 
 from . import output
-from .errors import ProcessExitedException, RemoteException, remote_exception
+from .errors import ProcessExitedException, RemoteException, element_context, remote_exception
 from .messages import Mode
 from .pools import AbstractWorkerPool, default_worker_pool
 from .process import STATE, myid, result, send_call, workers
@@ -265,6 +265,8 @@ class _Run:
                 timer.daemon = True
                 timer.start()
                 return
+        if isinstance(error, RemoteException) and not error.context:
+            error.context = element_context("pmap", batch.start + offset, batch.element(offset))
         self._fail(error)
 
     def _requeue(self, batch: _Batch) -> None:

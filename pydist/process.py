@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import pickle
 import queue
 import secrets
 import socket
@@ -34,7 +35,7 @@ import time
 from . import settings, transport
 from .errors import CapturedException, ProcessExitedException, RemoteException
 from .messages import NO_RRID, Kind, Mode
-from .serialize import dumps, loads
+from .serialize import dumps, loads, unpicklable
 from .handshake import HandshakeError, handshake
 from .transport import Link, ProtocolError, dial, serve
 
@@ -471,11 +472,29 @@ def send_call(pid: int, mode: Mode, func, args=(), kwargs=None, rrid=NO_RRID, fl
     if on_done is not None and not answered:
         raise ValueError(f"on_done needs an answered call (FETCH or WAIT), not {mode.name}")
     link = get_link(pid)
-    body, buffers = dumps((func, args, kwargs or {}), dest=pid)
+    try:
+        body, buffers = dumps((func, args, kwargs or {}), dest=pid)
+    except Exception as err:
+        raise _unpicklable_call(err, pid, func, args, kwargs or {}) from err
     if answered:
         return link.request(mode, body, buffers, rrid, flush, on_done)
     link.send(Kind.CALL, body, buffers, mode=mode, rrid=rrid, flush=flush and transport.SOON)
     return None
+
+
+def _unpicklable_call(err: Exception, pid: int, func, args, kwargs: dict) -> Exception:
+    """`err` (pickling a call failed) with the culprit named: the function, one of its
+    captured variables, an argument, or a part of one."""
+    name = getattr(func, "__qualname__", None) or type(func).__name__
+    parts = [(func, f"the function {name}"), *((arg, f"argument {i}") for i, arg in enumerate(args, 1)),
+             *((value, f"keyword argument {key!r}") for key, value in kwargs.items())]
+    found = next(filter(None, (unpicklable(part, what) for part, what in parts)), None)
+    if found is None:
+        return err
+    where, cause = found
+    message = (f"cannot send the call to process {pid}: {where} cannot be pickled ({cause}); "
+               "pass something picklable, or create it on the worker")
+    return (TypeError if isinstance(err, TypeError) else pickle.PicklingError)(message)
 
 
 def result(reply) -> object:

@@ -10,6 +10,11 @@ with the standard C pickler, which costs a fraction of cloudpickle's pure-Python
 is tried first; anything it refuses (lambdas, closures, dynamic classes) or that names
 `__main__` (which must travel by value) is pickled again with cloudpickle.
 
+Functions sent by value keep their file name (cloudpickle writes `<dynamic-code>`), so a
+remote traceback says where the user's code is.  When a call cannot be pickled,
+`unpicklable(obj)` finds the part that cannot: an argument, an item in it, or a variable a
+function captures.
+
 `dumps(obj, dest)` records the destination process in a thread-local while pickling, so a
 Future or RemoteChannel being pickled can tell its owner about the new holder at once (so
 that notice can never be overtaken by this process's own release).  Each such reference
@@ -19,9 +24,12 @@ never counts a holder that does not exist.
 
 from __future__ import annotations
 
+import collections
 import io
 import pickle
+import reprlib
 import threading
+import types
 
 import cloudpickle
 from cloudpickle import cloudpickle as _cloudpickle_impl
@@ -152,7 +160,7 @@ def _pickle(obj, dest, limit: int | None = None):
             state.pending, state.buffers = [], []
             out = _Bounded(limit)
             try:
-                cloudpickle.CloudPickler(out, protocol=5, buffer_callback=state.keep).dump(obj)
+                _Pickler(out, protocol=5, buffer_callback=state.keep).dump(obj)
             except BaseException:
                 _undo(state.pending)
                 raise
@@ -160,6 +168,94 @@ def _pickle(obj, dest, limit: int | None = None):
         return body, state.buffers, state.pending
     finally:
         state.dest, state.pending, state.buffers, state.bounded = saved
+
+
+def _code_reduce(code: types.CodeType):
+    """cloudpickle's reduction of a code object, with the real file name put back."""
+    rebuild, args = _cloudpickle_impl._code_reduce(code)
+    return rebuild, tuple(code.co_filename if arg == "<dynamic-code>" else arg for arg in args)
+
+
+class _Pickler(cloudpickle.CloudPickler):
+    """cloudpickle, keeping functions' file names for remote tracebacks."""
+    dispatch_table = collections.ChainMap({types.CodeType: _code_reduce},
+                                          cloudpickle.CloudPickler.dispatch_table)
+
+
+# How deep and wide `unpicklable` looks for the culprit: enough for real arguments, bounded
+# for huge or cyclic ones.
+SEARCH_DEPTH = 8
+SEARCH_ITEMS = 1000
+
+
+def unpicklable(obj, name: str, depth: int = SEARCH_DEPTH) -> tuple[str, BaseException] | None:
+    """(path, error) of the innermost part of `obj` (called `name`) that cannot be pickled,
+    e.g. `"work's captured variable 'lock'"` or `"argument 2[0]['conn']"`; None if it pickles."""
+    try:
+        _pickle_alone(obj)
+        return None
+    except Exception as err:
+        failure = (name, err)
+    if depth > 0:
+        for suffix, part in _parts(obj):
+            inner = unpicklable(part, name + suffix, depth - 1)
+            if inner is not None:
+                return inner
+    return failure
+
+
+def _pickle_alone(obj) -> None:
+    _Pickler(io.BytesIO(), protocol=5, buffer_callback=lambda _buffer: False).dump(obj)
+
+
+def _parts(obj):
+    """(path suffix, part) for what pickling `obj` pickles in turn."""
+    if isinstance(obj, types.FunctionType):
+        cells = zip(obj.__code__.co_freevars, obj.__closure__ or ())
+        yield from ((f"'s captured variable {var!r}", _cell_contents(cell)) for var, cell in cells)
+        names = _global_names(obj.__code__)
+        yield from ((f"'s global {var!r}", obj.__globals__[var]) for var in sorted(names)
+                    if var in obj.__globals__ and not isinstance(obj.__globals__[var], types.ModuleType))
+        for i, default in enumerate(obj.__defaults__ or ()):
+            yield f"'s default value {i + 1}", default
+    elif isinstance(obj, types.MethodType):
+        yield ".__self__", obj.__self__
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        for i, item in enumerate(obj):
+            if i >= SEARCH_ITEMS:
+                return
+            yield (f"[{i}]" if not isinstance(obj, (set, frozenset)) else f" item {_short(item)}"), item
+    elif isinstance(obj, dict):
+        for i, (key, value) in enumerate(obj.items()):
+            if i >= SEARCH_ITEMS:
+                return
+            yield f"[{_short(key)}]", value
+    elif isinstance(getattr(obj, "__dict__", None), dict) and not isinstance(obj, (type, types.ModuleType)):
+        for attr, value in list(vars(obj).items())[:SEARCH_ITEMS]:
+            yield f".{attr}", value
+
+
+def _cell_contents(cell):
+    try:
+        return cell.cell_contents
+    except ValueError:              # an empty cell pickles fine
+        return None
+
+
+def _global_names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
+
+
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 40
+
+
+def _short(value) -> str:
+    return _repr.repr(value)
 
 
 def loads(body, buffers=()):

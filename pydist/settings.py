@@ -60,3 +60,7 @@ SPIN_SECONDS = _float("PYDIST_SPIN_US", 100.0) / 1e6
 # starting an interpreter per worker: 32 workers start in a fraction of the time. 0 turns it
 # off (each worker is then its own `python -m pydist.worker`).
 FORK_SERVER = os.environ.get("PYDIST_FORK_SERVER", "1") not in ("0", "false", "no")
+
+# Remote tracebacks show pydist's own frames too (they are hidden so that a user's error
+# starts at the user's code); for debugging pydist itself.
+DEBUG = os.environ.get("PYDIST_DEBUG", "") not in ("", "0", "false", "no")

@@ -9,6 +9,8 @@ import sys
 import textwrap
 import threading
 
+import pytest
+
 from conftest import wait_until
 from pydist import addprocs, cluster_cookie, remotecall_fetch, rmprocs
 from pydist.output import STDERR_MARK, LineWriter, relay_output
@@ -135,3 +137,24 @@ def test_a_worker_started_by_hand_in_a_terminal_prints_plain_lines():
     text = os.read(leader, 1000).decode()
     os.close(leader)
     assert "plain" in text and STDERR_MARK not in text
+
+
+@pytest.mark.docker
+def test_a_docker_workers_stderr_reaches_the_masters_stderr(no_workers, capfd):
+    import infra
+    infra.require(infra.docker_running(), "the Docker engine")
+    image = os.environ.get("PYDIST_TEST_WORKER_IMAGE", infra.WORKER_IMAGE)
+    infra.require(infra.image_exists(image), f"the worker image {image}")
+    from pydist.managers.docker import DockerManager
+    [pid] = addprocs(DockerManager(n=1, image=image))
+    try:
+        remotecall_fetch(lambda: (print("container out"), print("container err", file=sys.stderr),
+                                  sys.stdout.flush(), sys.stderr.flush()), pid)
+        seen = []
+        wait_until(lambda: seen.append(capfd.readouterr()) or "container err" in "".join(e for _, e in seen)
+                   and "container out" in "".join(o for o, _ in seen), 20, "the relayed lines")
+        out, err = "".join(o for o, _ in seen), "".join(e for _, e in seen)
+        assert f"From worker {pid}:\tcontainer err" in err and "container err" not in out
+        assert f"From worker {pid}:\tcontainer out" in out and "container out" not in err
+    finally:
+        rmprocs(pid, waitfor=60)
