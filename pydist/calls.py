@@ -21,7 +21,7 @@ import operator
 import os
 import sys
 import threading
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, ParamSpec, SupportsIndex, TypeVar, Union, cast
 
 from .errors import CapturedException, remote_exception
 from .messages import NO_RRID, Kind, Mode
@@ -30,7 +30,16 @@ from .refs import RRID, Future, _Failed, _lookup, expect_push, fetch, store_outc
 from .serialize import dumps, dumps_small, loads
 from .transport import release_reading
 
+if TYPE_CHECKING:
+    from .pools import AbstractWorkerPool
+
 log = logging.getLogger("pydist")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+_F = TypeVar("_F", bound=Callable[..., Any])
+# Where a call runs: a process id (any integer type), or a pool that lends a worker.
+Where = Union[int, SupportsIndex, "AbstractWorkerPool"]
 
 # -- interrupting running calls ------------------------------------------------------------
 _running_lock = threading.Lock()       # guards _running, _interrupted, _idle_waiters (a plain lock:
@@ -212,7 +221,7 @@ STATE.handlers[Kind.CALL] = _on_call
 
 
 # -- the caller side ----------------------------------------------------------------------------
-def _accepts_pools(call):
+def _accepts_pools(call: _F) -> _F:
     """Let a remotecall-family function take a worker pool (it borrows a worker for the
     call) or any integer type as `pid`."""
     @functools.wraps(call)
@@ -222,7 +231,7 @@ def _accepts_pools(call):
                 return pid._call_with(dispatch, func, args, kwargs)
             pid = operator.index(pid)          # a numpy integer, say
         return call(func, pid, *args, **kwargs)
-    return dispatch
+    return cast(_F, dispatch)
 
 
 def _local_run(rrid: RRID, func, args, kwargs) -> None:
@@ -241,10 +250,10 @@ def _local_do(func, args, kwargs) -> None:
 
 
 @_accepts_pools
-def remotecall(func: Callable, pid, *args, **kwargs) -> Future:
+def remotecall(func: Callable[P, T], pid: Where, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
     """Run func(*args, **kwargs) on process `pid` (or a worker of a pool) and return a
     Future for its result at once (Julia: remotecall)."""
-    fut = Future(pid)
+    fut: Future[T] = Future(pid)
     rrid = fut.rrid
     if pid == myid():
         _lookup(rrid)
@@ -256,28 +265,28 @@ def remotecall(func: Callable, pid, *args, **kwargs) -> Future:
 
 
 @_accepts_pools
-def remotecall_fetch(func: Callable, pid, *args, **kwargs) -> Any:
+def remotecall_fetch(func: Callable[P, T], pid: Where, *args: P.args, **kwargs: P.kwargs) -> T:
     """Run func on `pid` and return its result; raises RemoteException if it raised."""
     if pid == myid():
         try:
             return func(*args, **kwargs)
         except BaseException as err:
             raise remote_exception(pid, err) from None
-    return result(send_call(pid, Mode.FETCH, func, args, kwargs))
+    return cast(T, result(send_call(pid, Mode.FETCH, func, args, kwargs)))
 
 
 @_accepts_pools
-def remotecall_wait(func: Callable, pid, *args, **kwargs) -> Future:
+def remotecall_wait(func: Callable[P, T], pid: Where, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
     """Run func on `pid`, wait until it is done, and return its (ready) Future."""
     if pid == myid():
         return remotecall(func, pid, *args, **kwargs).wait()
-    fut = Future(pid)
+    fut: Future[T] = Future(pid)
     result(send_call(pid, Mode.WAIT, func, args, kwargs, fut.rrid))
     return fut
 
 
 @_accepts_pools
-def remote_do(func: Callable, pid, *args, **kwargs) -> None:
+def remote_do(func: Callable[P, Any], pid: Where, *args: P.args, **kwargs: P.kwargs) -> None:
     """Run func on `pid` and forget it: no result, no error back (the callee prints errors)."""
     if pid == myid():
         STATE.runner.submit(_local_do, func, args, kwargs)
@@ -293,24 +302,24 @@ def _next_worker() -> int:
     return ids[next(_round_robin) % len(ids)]
 
 
-def spawnat(pid, func: Callable, *args, **kwargs) -> Future:
+def spawnat(pid: Where | str, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Future[T]:
     """Run func on `pid` (Julia: @spawnat); pid="any" picks the next worker in turn."""
     if pid == "any":
         pid = _next_worker()
     return remotecall(func, pid, *args, **kwargs)
 
 
-def spawn(func: Callable, *args, **kwargs) -> Future:
+def spawn(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Future[T]:
     """Run func on the next worker, round robin (Julia: @spawn)."""
     return remotecall(func, _next_worker(), *args, **kwargs)
 
 
-def fetchfrom(pid, func: Callable, *args, **kwargs) -> Any:
+def fetchfrom(pid: Where, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run func on `pid` and return its result (Julia: @fetchfrom)."""
     return remotecall_fetch(func, pid, *args, **kwargs)
 
 
-def fetchany(func: Callable, *args, **kwargs) -> Any:
+def fetchany(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run func on the next worker and return its result (Julia: @fetch)."""
     return fetch(spawn(func, *args, **kwargs))
 

@@ -16,7 +16,7 @@ import itertools
 import math
 import threading
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 from . import output
 from .errors import ProcessExitedException, RemoteException, element_context, remote_exception
@@ -26,6 +26,8 @@ from .process import STATE, myid, result, send_call, workers
 from .refs import fetch
 from .transport import WAKE_SECONDS
 from .calls import remotecall
+
+T = TypeVar("T")
 
 # Batches kept in flight per worker: FIRST_PIPELINE at first; then, while each batch is
 # answered within QUICK_BATCH seconds of being sent, DEEP_PIPELINE: tiny tasks flow without
@@ -354,10 +356,10 @@ class _DoneError(_Done):
         self.value, self.error = None, error
 
 
-def pmap(func: Callable, *iterables: Iterable, pool: AbstractWorkerPool | None = None,
+def pmap(func: Callable[..., T], *iterables: Iterable[Any], pool: AbstractWorkerPool | None = None,
          distributed: bool = True, batch_size: int | str = 1, on_error: Callable | None = None,
          retry_delays: Iterable[float] = (), retry_check: Callable | None = None,
-         progress: bool = False) -> list:
+         progress: bool = False) -> list[T]:
     """Map `func` over the iterables on the pool's workers; results in order (Julia: pmap).
 
     batch_size: elements per remote call (an int, or "auto"). distributed=False runs on

@@ -12,13 +12,16 @@ import abc
 import collections
 import threading
 import weakref
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, ParamSpec, TypeVar
 
 from . import cluster
 from .calls import internal, remotecall, remotecall_fetch
 from .messages import Mode
 from .process import STATE, myid, send_call, workers
 from .refs import Future, RemoteChannel, channel_from_id
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class AbstractWorkerPool(abc.ABC):
@@ -286,10 +289,10 @@ def retire_workers(pids: list[int], timeout: float) -> None:
     rmprocs(pids, waitfor=0)
 
 
-def remote(func: Callable, pool: AbstractWorkerPool | None = None) -> Callable:
+def remote(func: Callable[P, T], pool: AbstractWorkerPool | None = None) -> Callable[P, T]:
     """A function that runs `func` on a worker of `pool` (default: the default pool) and
     returns the result (Julia: remote)."""
-    def call(*args, **kwargs):
+    def call(*args: P.args, **kwargs: P.kwargs) -> T:
         return remotecall_fetch(func, pool if pool is not None else default_worker_pool(),
                                 *args, **kwargs)
     call.__name__ = f"remote_{getattr(func, '__name__', 'call')}"

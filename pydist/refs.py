@@ -26,7 +26,8 @@ import os
 import queue
 import threading
 import weakref
-from typing import Any, Callable, NamedTuple
+from collections.abc import Generator
+from typing import Any, Callable, Generic, NamedTuple, TypeVar, overload
 
 from .channel import Channel
 from .errors import InvalidStateError, RemoteException
@@ -369,7 +370,10 @@ class _Ref:
             pass        # interpreter shutdown
 
 
-class Future(_Ref):
+T = TypeVar("T")
+
+
+class Future(_Ref, Generic[T]):
     """A value that will be produced once, owned by process `.where` (Julia: Future).
 
     `remotecall` returns one; `Future(pid)` makes an unset one to `put` into later.
@@ -385,7 +389,7 @@ class Future(_Ref):
         self._v = self._pushed = _UNSET
         self._fetching = threading.Lock()
 
-    def fetch(self) -> Any:
+    def fetch(self) -> T:
         """The value, waiting for it; raises RemoteException if the call failed (every time)."""
         value = self._v
         if value is _UNSET:
@@ -413,7 +417,7 @@ class Future(_Ref):
             _release_now(self.where, rrid)
         return value
 
-    def put(self, value: Any) -> "Future":
+    def put(self, value: T) -> Future[T]:
         """Set the value; a Future can be set once only (InvalidStateError, or
         RemoteException when its owner refused)."""
         if self._v is not _UNSET:
@@ -439,7 +443,7 @@ class Future(_Ref):
             return _lookup(self.rrid).store.isready()
         return call_fetch(self.where, _owner_isready, self.rrid)
 
-    def wait(self) -> "Future":
+    def wait(self) -> Future[T]:
         """Block until the value is set; raises RemoteException if the call failed."""
         known = self._v if self._v is not _UNSET else self._pushed
         if known is not _UNSET:
@@ -457,7 +461,7 @@ class Future(_Ref):
     def done(self) -> bool:
         return self.isready()
 
-    def __await__(self):
+    def __await__(self) -> Generator[Any, None, T]:
         """`await future` from a running event loop: fetched on a helper thread, so the loop
         keeps running meanwhile."""
         return _in_thread(self.fetch).__await__()
@@ -590,6 +594,12 @@ def channel_from_id(rrid) -> Any:
 
     Raises KeyError when this process holds nothing under that id."""
     return _refs[RRID(*rrid)].store
+
+
+@overload
+def fetch(x: Future[T]) -> T: ...
+@overload
+def fetch(x: Any) -> Any: ...
 
 
 def fetch(x: Any) -> Any:

@@ -147,8 +147,8 @@ def test_remote_do_prints_its_error_on_the_worker(cluster, capfd):
     remote_do(lambda: 1 / 0, cluster[0])
     from conftest import wait_until
     seen = []
-    wait_until(lambda: seen.append(capfd.readouterr().out) or "ZeroDivisionError" in "".join(seen),
-               what="the remote_do error on the relayed output")
+    wait_until(lambda: seen.append(capfd.readouterr().err) or "ZeroDivisionError" in "".join(seen),
+               what="the remote_do error relayed to the master's stderr")
 
 
 def test_spawn_rotates_through_the_workers(cluster):
