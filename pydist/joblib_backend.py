@@ -12,6 +12,12 @@ Importing this module registers the backend (joblib is needed then, not before).
 default is `default_worker_pool()`, every worker.  `n_jobs=-1` means one job per worker of
 the pool.
 
+Without workers (no `addprocs` yet, or a pool of only this process) the backend warns with
+`NoWorkersWarning` when a Parallel run starts, and joblib runs the tasks in this process,
+one after another, as pydist's default pool lends the master when there are no workers.
+A warning, not an error: the results are right, only not parallel; to make it an error,
+`warnings.simplefilter("error", NoWorkersWarning)`.
+
 Each joblib batch (a `BatchedCalls` of several tasks) is one call of a `pydist.Executor`, so
 a worker runs one batch at a time and joblib's auto-batching groups short tasks.  Results
 come back through the executor's futures, whose done-callbacks feed joblib's
@@ -23,15 +29,22 @@ joblib's default there (threads), as with loky.
 
 from __future__ import annotations
 
+import warnings
+
 from joblib import register_parallel_backend
 from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase
 
 from .executor import Executor
 from .pools import AbstractWorkerPool, default_worker_pool
+from .process import myid
 
-__all__ = ["PydistBackend", "BACKEND_NAME"]
+__all__ = ["PydistBackend", "BACKEND_NAME", "NoWorkersWarning"]
 
 BACKEND_NAME = "pydist"
+
+
+class NoWorkersWarning(RuntimeWarning):
+    """The pydist joblib backend has no workers: the tasks run in this process."""
 
 
 class PydistBackend(AutoBatchingMixin, ParallelBackendBase):
@@ -65,14 +78,22 @@ class PydistBackend(AutoBatchingMixin, ParallelBackendBase):
         workers it is 1 and joblib runs in this process, as the default pool would."""
         if n_jobs == 0:
             raise ValueError("n_jobs == 0 in Parallel has no meaning")
-        size = self._pool().length()
+        size = 0 if self._workerless() else self._pool().length()
         if n_jobs is None or n_jobs == -1:
             return max(size, 2) if size else 1
         if n_jobs < 0:
             return max(size + 1 + n_jobs, 1)
         return n_jobs
 
+    def _workerless(self) -> bool:
+        """The pool has no worker but this process (the default pool before addprocs)."""
+        return self._pool().workers() <= {myid()}
+
     def configure(self, n_jobs: int = 1, parallel=None, **backend_args) -> int:
+        if self._workerless():
+            warnings.warn("the pydist joblib backend has no workers, so every task runs in this "
+                          "process: call pydist.addprocs(n) first, or pass pool=WorkerPool([...])",
+                          NoWorkersWarning, stacklevel=2)
         self.parallel = parallel
         n_jobs = self.effective_n_jobs(n_jobs)
         if self._executor is None:

@@ -94,7 +94,10 @@ def _put_back_after(pool, pid, fut) -> None:
 
 
 class _PoolState:
-    """Members and free workers of one pool; lives on the pool's owner process."""
+    """Members and free workers of one pool; lives on the pool's owner process.
+
+    The default pool without workers lends the master (Julia: wp_local_take!), and then
+    counts it as its one worker, as `workers()` returns [1]."""
 
     def __init__(self, members: Iterable[int] = (), default: bool = False):
         self.default = default
@@ -133,11 +136,15 @@ class _PoolState:
 
     def isready(self) -> bool:
         with self._cond:
-            return any(p not in STATE.dead for p in self._free)
+            return any(p not in STATE.dead for p in self._free) or self._master_serves()
 
     def workers(self) -> set[int]:
         with self._cond:
-            return self._members - STATE.dead
+            return (self._members - STATE.dead) or ({1} if self.default else set())
+
+    def _master_serves(self) -> bool:
+        """The default pool has no live worker: the master serves its calls. Under _cond."""
+        return self.default and not (self._members - STATE.dead)
 
     def length(self) -> int:
         return len(self.workers())

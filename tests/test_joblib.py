@@ -82,3 +82,18 @@ def test_sklearn_grid_search_fits_on_the_workers(cluster):
     local = GridSearchCV(LogisticRegression(), grid, cv=3, n_jobs=1).fit(X, y)
     assert search.best_params_ == local.best_params_
     assert sklearn.__version__
+
+
+def test_without_workers_it_warns_and_runs_the_tasks_in_this_process(no_workers):
+    with joblib.parallel_backend("pydist"):
+        with pytest.warns(pydist.joblib_backend.NoWorkersWarning, match=r"call pydist.addprocs\(n\) first"):
+            pids = joblib.Parallel(n_jobs=-1)(joblib.delayed(os.getpid)() for _ in range(4))
+    assert pids == [os.getpid()] * 4
+
+
+def test_with_workers_it_does_not_warn(cluster):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pydist.joblib_backend.NoWorkersWarning)
+        with joblib.parallel_backend("pydist"):
+            assert joblib.Parallel(n_jobs=-1)(joblib.delayed(abs)(-i) for i in range(4)) == [0, 1, 2, 3]

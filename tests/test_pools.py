@@ -76,6 +76,18 @@ def test_default_pool_without_workers_uses_the_master(no_workers):
     assert remotecall_fetch(myid, default_worker_pool()) == 1
 
 
+def test_default_pool_without_workers_holds_the_master_until_workers_come(no_workers):
+    pool = default_worker_pool()
+    assert pool.workers() == {1} and pool.length() == 1 and pool.isready()
+    assert pool.take() == 1
+    [new] = addprocs(1)
+    assert pool.workers() == {new}           # the master serves only while there is no worker
+
+
+def test_a_plain_pool_without_workers_is_empty(no_workers):
+    assert WorkerPool([]).workers() == set() and WorkerPool([]).length() == 0
+
+
 def test_pool_sent_to_a_worker_shares_state_with_the_original(cluster):
     pool = WorkerPool([cluster[1]])
     taken = remotecall_fetch(lambda p: p.take(), cluster[0], pool)
