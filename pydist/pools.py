@@ -14,7 +14,7 @@ import threading
 import weakref
 from typing import Any, Callable, Iterable, ParamSpec, TypeVar
 
-from . import cluster
+from . import _html, cluster
 from .calls import internal, remotecall, remotecall_fetch
 from .messages import Mode
 from .process import STATE, myid, send_call, workers
@@ -206,6 +206,13 @@ class WorkerPool(AbstractWorkerPool):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({sorted(self.workers())})"
+
+    def _repr_html_(self) -> str:
+        """Jupyter's display: the workers, and whether one is free now."""
+        members = sorted(self.workers())
+        return _html.fields(type(self).__name__, [("workers", ", ".join(map(str, members)) or "none"),
+                                                  ("count", len(members)),
+                                                  ("a worker is free", "yes" if self.isready() else "no")])
 
 
 class CachingPool(WorkerPool):

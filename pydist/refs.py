@@ -29,6 +29,7 @@ import weakref
 from collections.abc import Generator
 from typing import Any, Callable, Generic, NamedTuple, TypeVar, overload
 
+from . import _html
 from .channel import Channel
 from .errors import InvalidStateError, RemoteException
 from .messages import Kind
@@ -474,8 +475,33 @@ class Future(_Ref, Generic[T]):
         return (_rebuild_future, (self.where, self.whence, self.id, value))
 
     def __repr__(self) -> str:
-        state = "unset" if self._v is _UNSET else "set"
-        return f"Future(where={self.where}, whence={self.whence}, id={self.id}, {state})"
+        return f"Future(where={self.where}, whence={self.whence}, id={self.id}, {self._state()})"
+
+    def _repr_html_(self) -> str:
+        """Jupyter's display: state (asking the owner if need be), where, the result's type."""
+        known = self._v if self._v is not _UNSET else self._pushed
+        if isinstance(known, _Failed):
+            result = f"raised {type(known.exc.captured).__name__}"
+        else:
+            result = "not fetched yet" if known is _UNSET else type(known).__name__
+        where = "the master (process 1)" if self.where == 1 else f"worker {self.where}"
+        return _html.fields("Future", [("state", self._state(ask=True)), ("where", where),
+                                       ("id", f"{self.whence}/{self.id}"), ("result", result)])
+
+    def _state(self, ask: bool = False) -> str:
+        """"fetched", "failed", "ready" or "pending"; for a remote owner that pushed
+        nothing, "not fetched" unless `ask` (a round trip, so repr never makes one)."""
+        known = self._v if self._v is not _UNSET else self._pushed
+        if isinstance(known, _Failed):
+            return "failed"
+        if known is not _UNSET:
+            return "fetched" if self._v is not _UNSET else "ready"
+        if self.where != myid() and not ask:
+            return "not fetched"
+        try:
+            return "ready" if self.isready() else "pending"
+        except Exception as err:            # the owner has exited
+            return f"unknown ({err})"
 
 
 def _rebuild_future(where, whence, id_, value) -> Future:

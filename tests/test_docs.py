@@ -81,6 +81,32 @@ def test_python_blocks_of_the_page_run(page, tmp_path):
     assert done.returncode == 0, explain(done)
 
 
+# What the README's install line (`pip install -e .`) does not bring: the optional extras'
+# and the tests' packages. The README's snippets must run without them.
+NOT_INSTALLED_BY_THE_README = ("numpy", "joblib", "sklearn", "paramiko", "docker", "kubernetes",
+                               "ipywidgets", "pandas", "scipy")
+BLOCKER = """
+import sys
+class _NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is not installed by the README's install line")
+sys.meta_path.insert(0, _NotInstalled())
+"""
+
+
+def test_readme_snippets_run_after_the_readmes_install_line(tmp_path):
+    readme = REPO / "README.md"
+    assert "pip install -e . && pydist demo" in readme.read_text()
+    blocks = python_blocks(readme)
+    assert blocks, "the README shows Python"
+    runner = tmp_path / "run_readme.py"
+    runner.write_text(f"BLOCKED = {NOT_INSTALLED_BY_THE_README!r}\n" + BLOCKER
+                      + f"BLOCKS = {[(str(readme), line, code) for line, code in blocks]!r}\n" + RUNNER)
+    done = run([sys.executable, str(runner)], cwd=tmp_path)
+    assert done.returncode == 0, explain(done)
+
+
 @pytest.mark.parametrize("script", SCRIPTS, ids=[s.name for s in SCRIPTS])
 def test_example_runs(script, tmp_path):
     done = run([sys.executable, str(script)], cwd=tmp_path)
