@@ -58,3 +58,29 @@ def no_workers():
     remove_all_workers()
     yield
     remove_all_workers()
+
+
+@pytest.fixture
+def joined_worker(no_workers, tmp_path):
+    """One worker started as `pydist worker --join` (it dials the master, as pods and batch
+    jobs do), added with an ElasticManager; yields (its id, its Popen)."""
+    import subprocess
+    import sys
+    from pydist import cluster_cookie
+    from pydist.managers.elastic import ElasticManager
+    manager = ElasticManager(n=1, host="127.0.0.1", port=0, timeout=60)
+    host, port = manager.address
+    cookie = tmp_path / "cookie"
+    cookie.write_text(cluster_cookie())
+    cookie.chmod(0o600)
+    worker = subprocess.Popen([sys.executable, "-m", "pydist", "worker", "--join", f"{host}:{port}",
+                               "--cookie-file", str(cookie)], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        [pid] = addprocs(manager)
+        yield pid, worker
+    finally:
+        remove_all_workers()
+        if worker.poll() is None:
+            worker.kill()
+        worker.wait(10)

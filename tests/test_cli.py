@@ -14,7 +14,7 @@ from importlib.metadata import entry_points, version
 
 import pytest
 
-from pydist import RemoteChannel, addprocs, cluster_cookie, remotecall, remotecall_fetch, rmprocs
+from pydist import RemoteChannel, remotecall, remotecall_fetch, rmprocs
 from pydist.cli import (cluster_status, main, parse_machine_file, parse_machine_line, serve_status,
                         stop_status)
 
@@ -221,25 +221,11 @@ def test_parse_machine_file_reads_every_machine_and_names_a_bad_line(tmp_path):
 
 
 # -- pydist worker --join ------------------------------------------------------------------------
-def test_worker_subcommand_joins_a_master(no_workers, tmp_path):
-    from pydist.managers.elastic import ElasticManager
-    manager = ElasticManager(n=1, host="127.0.0.1", port=0, timeout=60)
-    host, port = manager.address
-    cookie = tmp_path / "cookie"
-    cookie.write_text(cluster_cookie())
-    cookie.chmod(0o600)
-    worker = subprocess.Popen([sys.executable, "-m", "pydist.cli", "worker", "--join", f"{host}:{port}",
-                               "--cookie-file", str(cookie)], stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        [pid] = addprocs(manager)
-        assert remotecall_fetch(os.getpid, pid) == worker.pid
-        rmprocs(pid, waitfor=30)
-        assert worker.wait(30) is not None
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait(10)
+def test_worker_subcommand_joins_a_master(joined_worker):
+    pid, worker = joined_worker
+    assert remotecall_fetch(os.getpid, pid) == worker.pid
+    rmprocs(pid, waitfor=30)
+    assert worker.wait(30) is not None
 
 
 # -- status --------------------------------------------------------------------------------------
