@@ -117,8 +117,8 @@ def _offer_and_join(sock: socket.socket, ident: str | None) -> None:
     kind, _mode, _rrid, _msg_id, body, _buffers = link.read_frame()
     if kind is not Kind.JOIN:
         raise SystemExit(f"pydist worker: the master answered {kind.name}, not JOIN")
+    _forward_output()           # before joining: a call may print as soon as we have joined
     _on_join(link, loads(body))
-    _forward_output()
 
 
 def process_messages(reader, writer, incoming: bool = True) -> None:
@@ -145,7 +145,12 @@ def _forward_output() -> None:
     from ..output import capture_output, forward_over_link, relay_lines
     from ..messages import Mode
     from ..process import send_call
-    capture_output(forward_over_link(lambda lines: send_call(1, Mode.DO, relay_lines, (STATE.myid, lines))))
+
+    def send(lines: list[str]) -> None:          # on the thread pydist-output
+        if not STATE.joined.wait(settings.WORKER_TIMEOUT):
+            raise ConnectionError("never joined")   # this worker exits on its own
+        send_call(1, Mode.DO, relay_lines, (STATE.myid, lines))
+    capture_output(forward_over_link(send))
 
 
 def _dial_with_backoff(host: str, port: int, timeout: float):
