@@ -463,7 +463,9 @@ def _machines(path: str) -> list[tuple[str, int | str]] | None:
         return parse_machine_file(path)
     except OSError as err:
         fail("pydist", f"--machine-file {path}: {err.strerror or err}")
-    except (ValueError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError:
+        fail("pydist", f"--machine-file {path}: not a text file")
+    except ValueError as err:                   # it names the file and the line
         fail("pydist", f"--machine-file {err}")
 
 

@@ -118,9 +118,8 @@ def remote_exception(pid: int, exc: BaseException) -> RemoteException:
 
 # pydist's own code: the core, and the managers (inside it when installed from a wheel, next
 # to it in an editable install). Its frames are hidden from remote tracebacks.
-_OWN_DIRS = tuple(os.path.join(os.path.dirname(os.path.abspath(__file__)), *parts) + os.sep
-                  for parts in ((), (os.pardir, "managers")))
-_OWN_DIRS = tuple(os.path.normpath(d) + os.sep for d in _OWN_DIRS)
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_OWN_DIRS = (_HERE + os.sep, os.path.normpath(os.path.join(_HERE, os.pardir, "managers")) + os.sep)
 
 
 def _format(exc: BaseException) -> str:

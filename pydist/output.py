@@ -82,6 +82,11 @@ class LineWriter(io.TextIOBase):
         return False
 
     @property
+    def buffer(self):
+        """The binary stream below (bytes written there are not joined into lines)."""
+        return self.original.buffer
+
+    @property
     def encoding(self) -> str:          # type: ignore[override]
         return getattr(self.original, "encoding", "utf-8")
 

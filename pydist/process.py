@@ -474,7 +474,7 @@ def send_call(pid: int, mode: Mode, func, args=(), kwargs=None, rrid=NO_RRID, fl
     link = get_link(pid)
     try:
         body, buffers = dumps((func, args, kwargs or {}), dest=pid)
-    except Exception as err:
+    except (TypeError, AttributeError, pickle.PicklingError) as err:    # what pickling raises
         raise _unpicklable_call(err, pid, func, args, kwargs or {}) from err
     if answered:
         return link.request(mode, body, buffers, rrid, flush, on_done)

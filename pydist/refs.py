@@ -489,8 +489,8 @@ class Future(_Ref, Generic[T]):
                                        ("id", f"{self.whence}/{self.id}"), ("result", result)])
 
     def _state(self, ask: bool = False) -> str:
-        """"fetched", "failed", "ready" or "pending"; for a remote owner that pushed
-        nothing, "not fetched" unless `ask` (a round trip, so repr never makes one)."""
+        """One word: fetched, failed, ready or pending; for a remote owner that pushed
+        nothing, "not fetched" unless `ask` (that is a round trip, which repr never makes)."""
         known = self._v if self._v is not _UNSET else self._pushed
         if isinstance(known, _Failed):
             return "failed"

@@ -92,6 +92,7 @@ def test_docker_prune_subcommand_takes_the_prune_options():
     (["--machine-file", "{bad_hosts}", "-c", "pass"], "line 2: worker count must be at least 1"),
     (["--machine-file", "{empty_hosts}", "-c", "pass"], "lists no machines"),
     (["--machine-file", "{tmp}", "-c", "pass"], "--machine-file {tmp}: Is a directory"),
+    (["--machine-file", "{binary}", "-c", "pass"], "--machine-file {binary}: not a text file"),
     (["worker", "--cookie-file", "no/such/cookie"], "cannot read the cookie file no/such/cookie"),
     (["worker", "--join", "nohost", "--cookie-file", "{bad_hosts}"], "--join expects HOST:PORT"),
     (["worker", "--cookie-env", "PYDIST_NO_SUCH_VARIABLE"], "PYDIST_NO_SUCH_VARIABLE: that environment"),
@@ -105,7 +106,8 @@ def test_docker_prune_subcommand_takes_the_prune_options():
 ])
 def test_a_bad_argument_or_file_is_a_one_line_error_with_exit_status_2(tmp_path, args, says):
     files = {"tmp": tmp_path, "bad_hosts": write(tmp_path / "bad", "node1\n0*node2\n"),
-             "empty_hosts": write(tmp_path / "empty", "# nobody\n")}
+             "empty_hosts": write(tmp_path / "empty", "# nobody\n"), "binary": tmp_path / "binary"}
+    files["binary"].write_bytes(b"\xff\xfe\x00node")
     done = pydist(*[arg.format(**files) for arg in args], cwd=tmp_path)
     assert done.returncode == 2
     assert says.format(**files) in done.stderr
