@@ -478,9 +478,13 @@ def send_call(pid: int, mode: Mode, func, args=(), kwargs=None, rrid=NO_RRID, fl
     return None
 
 
-def result(reply) -> object:
-    """Wait for a Reply and return its value, or raise what the call raised."""
-    reply.wait()
+def result(reply, timeout: float | None = None) -> object:
+    """Wait for a Reply and return its value, or raise what the call raised.
+
+    TimeoutError after `timeout` seconds; the call goes on, and its late answer is dropped."""
+    if not reply.wait(timeout):
+        raise TimeoutError(f"process {reply.pid} did not answer within {timeout:g} s; the call "
+                           "may still be running there (interrupt() stops it)")
     if reply.error is not None:
         raise reply.error
     if reply.kind is Kind.RESULT:
@@ -497,9 +501,10 @@ def result(reply) -> object:
     raise exc
 
 
-def call_fetch(pid: int, func, *args, **kwargs):
-    """Run func on process `pid` and return its result (no local shortcut: pid is remote)."""
-    return result(send_call(pid, Mode.FETCH, func, args, kwargs))
+def call_fetch(pid: int, func, *args, timeout: float | None = None):
+    """Run func(*args) on process `pid` and return its result (no local shortcut: pid is
+    remote); TimeoutError after `timeout` seconds."""
+    return result(send_call(pid, Mode.FETCH, func, args), timeout)
 
 
 # -- heartbeats ------------------------------------------------------------------------------

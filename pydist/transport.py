@@ -103,8 +103,11 @@ class Reply:
         if timeout is None:
             while not self._done.acquire(timeout=WAKE_SECONDS):
                 pass            # wake now and then: an interrupt is delivered between waits
-        elif not self._done.acquire(timeout=max(timeout, 0)):
-            return False
+        else:
+            deadline = _monotonic() + timeout
+            while not self._done.acquire(timeout=min(max(deadline - _monotonic(), 0), WAKE_SECONDS)):
+                if _monotonic() >= deadline:
+                    return False
         self._done.release()
         return True
 
