@@ -165,7 +165,7 @@ def test_pmap_per_worker_must_be_positive(cluster):
 
 _SIGINT_SCRIPT = textwrap.dedent("""
     import os, sys, time
-    from pydist import addprocs, pmap, remotecall_fetch
+    from pydist import Executor, addprocs, pmap, remotecall_fetch
     from pydist.calls import wait_idle
     marks = sys.argv[1]
 
@@ -177,7 +177,7 @@ _SIGINT_SCRIPT = textwrap.dedent("""
     ids = addprocs(2)
     print("ready", flush=True)
     try:
-        pmap(job, range(30), progress={progress})
+        {call}
     except KeyboardInterrupt:
         started = len(os.listdir(marks))
         idle = [remotecall_fetch(wait_idle, pid, 1.0) for pid in ids]
@@ -187,12 +187,14 @@ _SIGINT_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("progress", [False, True])
-def test_sigint_during_pmap_cancels_it_on_the_workers(tmp_path, progress):
+@pytest.mark.parametrize("call", ["pmap(job, range(30))",
+                                  "pmap(job, range(30), progress=True)",
+                                  "list(Executor().map(job, range(30)))"])
+def test_sigint_during_a_map_cancels_it_on_the_workers(tmp_path, call):
     marks = tmp_path / "marks"
     marks.mkdir()
     script = tmp_path / "job.py"
-    script.write_text(_SIGINT_SCRIPT.format(progress=progress))
+    script.write_text(_SIGINT_SCRIPT.format(call=call))
     proc = subprocess.Popen([sys.executable, str(script), str(marks)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
