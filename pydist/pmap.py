@@ -92,11 +92,14 @@ def _calls(func: Callable, columns: list, stopped: list):
 
 class _Batch:
     """Elements start, start+1, ... as one call (one sequence per argument). A failed
-    element is retried alone, as a batch of one carrying its retry count and state."""
-    __slots__ = ("start", "columns", "attempt", "state")
+    element is retried alone, as a batch of one carrying its retry count and state; a batch
+    lost with its worker is sent again once, whole (`rerun`)."""
+    __slots__ = ("start", "columns", "attempt", "state", "rerun")
 
-    def __init__(self, start: int, columns: tuple, attempt: int = 0, state: Any = 0):
+    def __init__(self, start: int, columns: tuple, attempt: int = 0, state: Any = 0,
+                 rerun: bool = False):
         self.start, self.columns, self.attempt, self.state = start, columns, attempt, state
+        self.rerun = rerun
 
     def __len__(self) -> int:
         return len(self.columns[0])
@@ -275,6 +278,10 @@ class _Run:
 
     def _failed(self, batch: _Batch, failures: dict) -> None:
         try:
+            if not batch.rerun and all(isinstance(e, ProcessExitedException) for e in failures.values()):
+                # Its worker died, not the function: run it once more on another worker.
+                self._requeue(_Batch(batch.start, batch.columns, batch.attempt, batch.state, True))
+                return
             for offset, error in failures.items():
                 self._element_failed(batch, offset, error)
         except BaseException as err:
@@ -407,7 +414,8 @@ def pmap(func: Callable, *iterables: Iterable, pool: AbstractWorkerPool | None =
     element's result; otherwise a failure is retried after each of `retry_delays` while
     retry_check(state, exc) -> (state, retry) allows it; the first unhandled failure stops
     the pmap and is raised (RemoteException, or ProcessExitedException for a worker that
-    died). progress=True shows a progress bar with rate and ETA.
+    died a second time). A batch whose worker died is run once more, on another worker,
+    before any of that applies. progress=True shows a progress bar with rate and ETA.
 
     per_worker: batches running at once on each worker (default 1, as Julia's pmap and
     multiprocessing; the next batches are sent ahead and wait on the worker, so no round

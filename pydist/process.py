@@ -433,6 +433,14 @@ def on_close(link: Link, reason: str) -> None:
     peer_exited(pid)
 
 
+@internal
+def note_exit(pid: int, reason: str) -> None:
+    """Process `pid` tells why it is about to exit: its link's failures will say so."""
+    link = STATE.links.get(pid)
+    if link is not None:
+        link.exit_note = reason
+
+
 def _master_gone(reason: str) -> None:
     """A worker without its master exits at once: no orphans, whatever the backend."""
     try:

@@ -254,6 +254,7 @@ class Link:
         self._ids = itertools.count(1)
         self.closed = False
         self.close_reason = ""
+        self.exit_note = ""         # why the peer said it is leaving (process.note_exit)
         self.last_heard = time.monotonic()
         self._reader: threading.Thread | None = None
         self._role_lock = threading.Lock()      # guards the hand-off of reading (_InlineCall)
@@ -583,6 +584,8 @@ class Link:
             if self.closed:
                 return
             self.closed = True
+            if self.exit_note:
+                reason = self.exit_note
             self.close_reason = reason
             pending, self._pending = self._pending, {}
         try:
