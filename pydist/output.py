@@ -3,8 +3,11 @@
 Worker side.  `capture_output(send)` replaces the worker's `sys.stdout` and `sys.stderr` by
 `LineWriter`s: each thread's text is kept until its newline, then the whole line goes out
 at once under `_emit_lock`, so lines printed by two threads never mix mid-line.  A worker
-the master dialed writes both streams to its stdout, the one pipe every manager reads (it
-also carries the address line), a stderr line marked by a leading STDERR_MARK; a worker that
+whose stdout and stderr are one pipe (LocalManager's, which the master reads; it also carries
+the address line) writes both to it, a stderr line marked by a leading STDERR_MARK; with two
+pipes (Docker's attach stream, a worker run by hand) each stream keeps its own, and the
+reader tells them apart (docker.py marks the container's stderr lines).  An SSH session's
+stderr arrives merged by the session, unmarked: on the master's stdout.  A worker that
 dialed the master sends its lines over the link (`relay_lines`) and still prints them.
 
 Master side.  `OutputRelay` is one thread per worker (`pydist-output-<what>`) that reads the
@@ -20,9 +23,11 @@ from __future__ import annotations
 
 import atexit
 import io
+import os
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TextIO
 
@@ -37,6 +42,10 @@ STDERR_MARK = "\x1e"
 MAX_LINE = 1 << 16
 # Lines kept from before the address line, for the error of a worker that never printed it.
 TAIL_LINES = 20
+# At the master's exit, how long in all it waits for workers' last lines (their pipes end as
+# they exit): long enough for what a removed worker printed last, short enough that a stuck
+# pipe barely delays the exit.
+DRAIN_TIMEOUT = 2.0
 
 
 # -- worker side ------------------------------------------------------------------------------------
@@ -97,13 +106,13 @@ _emit_lock = threading.Lock()       # one line at a time on the worker's output
 def capture_output(send: Callable[[list[str]], None] | None = None) -> None:
     """Make this worker's print output whole lines (see the module docstring).
 
-    `send` None: the master reads our stdout; stderr lines go there too, marked (unless
-    stdout is a terminal: a person started us by hand). Else `send(lines)` gets every line,
-    stderr's marked, for the master, and the lines are printed here as well."""
+    `send` None: the master reads our output; if stdout and stderr are one pipe, stderr
+    lines are marked on it. Else `send(lines)` gets every line, stderr's marked, for the
+    master, and the lines are printed here as well."""
     if isinstance(sys.stdout, LineWriter):
         return
     out, err = sys.stdout, sys.stderr
-    merge = send is None and not out.isatty()
+    merge = send is None and _one_pipe(out, err)
 
     def emitter(stream: TextIO, mark: str) -> Callable[[list[str]], None]:
         def emit(lines: list[str]) -> None:
@@ -119,6 +128,17 @@ def capture_output(send: Callable[[list[str]], None] | None = None) -> None:
     sys.stdout = LineWriter(out, emitter(out, ""))
     sys.stderr = LineWriter(err, emitter(err, STDERR_MARK))
     atexit.register(drain_output)
+
+
+def _one_pipe(out: TextIO, err: TextIO) -> bool:
+    """stdout and stderr are the same pipe or file (not a terminal, where a person reads)."""
+    try:
+        if out.isatty():
+            return False
+        a, b = os.fstat(out.fileno()), os.fstat(err.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def drain_output() -> None:
@@ -196,6 +216,23 @@ def stream_lines(stream) -> Iterator[str]:
             pass
 
 
+_relays: set[threading.Thread] = set()     # relay threads still reading
+_relays_lock = threading.Lock()            # guards _relays
+
+
+def _finish_relays() -> None:
+    """At the master's exit (after cluster.py's shutdown, registered later, ends the workers):
+    let every worker's last lines through."""
+    deadline = time.monotonic() + DRAIN_TIMEOUT
+    with _relays_lock:
+        threads = list(_relays)
+    for thread in threads:
+        thread.join(max(deadline - time.monotonic(), 0))
+
+
+atexit.register(_finish_relays)
+
+
 class OutputRelay:
     """Reads a worker's output lines on a thread: finds the address line, relays every line."""
 
@@ -205,7 +242,10 @@ class OutputRelay:
         self.lines: list[str] = []           # seen before the address, for error messages
         self._source = lines
         self._address: queue.SimpleQueue[tuple[str, int] | None] = queue.SimpleQueue()
-        threading.Thread(target=self._run, name=f"pydist-output-{what}", daemon=True).start()
+        thread = threading.Thread(target=self._run, name=f"pydist-output-{what}", daemon=True)
+        with _relays_lock:
+            _relays.add(thread)
+        thread.start()
 
     def address(self, timeout: float) -> tuple[str, int]:
         """(host, port) of the address line. Raises TimeoutError, or ConnectionError if the
@@ -245,3 +285,5 @@ class OutputRelay:
         finally:
             if not found:
                 self._address.put(None)
+            with _relays_lock:
+                _relays.discard(threading.current_thread())

@@ -268,8 +268,8 @@ def _connect(pid: int) -> Link:
             link = STATE.links.get(pid)
             if link is not None and not link.closed:
                 return link
-            if pid in STATE.dead:
-                raise ProcessExitedException(pid)
+            if pid in STATE.dead or (link is not None and STATE.myid == 1):
+                raise ProcessExitedException(pid)     # (a worker's closed link: it is going)
             if pid == STATE.myid:
                 raise ValueError(f"process {pid} is this process: it has no link to itself")
             if pid == 1:                      # a worker's master link is gone: so is the master

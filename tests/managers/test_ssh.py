@@ -191,10 +191,10 @@ def test_worker_output_is_relayed_with_its_id(loopback, no_workers, capsys):
     remotecall_fetch(lambda: (print("hello over ssh", flush=True),
                               print("and stderr", file=sys.stderr, flush=True)), pid)
     seen = []
-    wait_until(lambda: seen.append(capsys.readouterr()) or "and stderr" in "".join(e for _, e in seen), 20,
+    wait_until(lambda: seen.append(capsys.readouterr().out) or "and stderr" in "".join(seen), 20,
                "the relayed lines")
-    out, err = "".join(o for o, _ in seen), "".join(e for _, e in seen)
-    assert f"From worker {pid}:\thello over ssh" in out and f"From worker {pid}:\tand stderr" in err
+    out = "".join(seen)
+    assert f"From worker {pid}:\thello over ssh" in out and f"From worker {pid}:\tand stderr" in out
 
 
 @pytest.mark.ssh
