@@ -274,6 +274,8 @@ def _connect(pid: int) -> Link:
             if pid == 1:                      # a worker's master link is gone: so is the master
                 raise ProcessExitedException(pid)
             if STATE.myid == 1:               # the master dials nobody: every worker joined it
+                if pid in STATE.members:      # its link just closed; peer_exited is under way
+                    raise ProcessExitedException(pid, "its link is closed")
                 raise ValueError(f"no process with id {pid}; procs() are {procs()}")
             info = STATE.members.get(pid)
             if info is None:
