@@ -51,6 +51,9 @@ HANDLE_FLAG = 1 << 63
 ARENA_BYTES = 64 << 20
 # One link's arenas hold at most this much in all; past it buffers go through the socket.
 LINK_LIMIT = 4 << 30
+# Arenas wholly free are kept for reuse up to this much per link; past it they are dropped
+# (the memory a burst of big arrays took goes back to the system once they are freed).
+KEEP_BYTES = 256 << 20
 PAGE = mmap.PAGESIZE
 _PLACE = struct.Struct("!IQQ")           # arena number, offset, length
 _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)    # map every page at once, not per fault
@@ -150,12 +153,34 @@ class Segments:
         return arena, arena.take(n)
 
     def released(self, body: bytes) -> None:
-        """The peer let go of slots (SHM_FREE): they can be used again."""
+        """The peer's SHM_FREE: slots of our arenas it let go of (reused from now on), or
+        (number, 0, 0): its arena `number` is dropped, close our descriptor of it."""
+        dropped, closing = [], []
         with self.lock:
             for number, offset, length in _PLACE.iter_unpack(body):
+                if not length:
+                    fd = self.received.pop(number, None)
+                    if fd is not None:
+                        closing.append(fd)
+                    continue
                 arena = self.arenas.get(number)
-                if arena is not None:
-                    arena.give_back(offset, -(-length // PAGE) * PAGE)
+                if arena is None:
+                    continue
+                arena.give_back(offset, -(-length // PAGE) * PAGE)
+                idle = [a for a in self.arenas.values() if a.free == [(0, a.size)]]
+                if arena.free == [(0, arena.size)] and sum(a.size for a in idle) > KEEP_BYTES:
+                    dropped.append(self.arenas.pop(number))
+        for fd in closing:
+            os.close(fd)
+        for arena in dropped:
+            arena.memory.close()
+            _unlink(arena.path)
+        if dropped and self.link is not None:
+            from .messages import Kind
+            try:
+                self.link.send(Kind.SHM_FREE, b"".join(_PLACE.pack(a.number, 0, 0) for a in dropped))
+            except Exception:
+                pass            # the peer is gone: its descriptors went with it
 
     # -- receiving ---------------------------------------------------------------------------
     def attach(self, place: bytes) -> mmap.mmap:

@@ -173,3 +173,19 @@ def _shares_memory_with(peer):
 def test_workers_on_one_host_share_memory_with_each_other(shared):
     a, b = shared
     assert remotecall_fetch(_shares_memory_with, a, b) and remotecall_fetch(_shares_memory_with, b, a)
+
+
+def _arenas_received():
+    from pydist.process import STATE
+    return len(STATE.links[1].segments.received)
+
+
+def test_idle_arenas_past_the_keep_limit_are_given_back(shared, monkeypatch):
+    from pydist import shm
+    monkeypatch.setattr(shm, "KEEP_BYTES", 0)
+    segments = STATE.links[shared[0]].segments
+    for _ in range(5):
+        remotecall_fetch(len, shared[0], np.ones(3 << 20, dtype=np.uint8))
+    wait_until(lambda: not segments.arenas, 10, "the idle arenas to be dropped")
+    wait_until(lambda: remotecall_fetch(_arenas_received, shared[0]) == 0, 10,
+               "the worker to close its descriptors")
