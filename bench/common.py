@@ -48,6 +48,21 @@ def p99(xs):
     return s[max(0, math.ceil(0.99 * len(s)) - 1)]
 
 
+def repeat_timed(step, warmup: int, min_reps: int, min_s: float, max_reps: int) -> list:
+    """Run ``step()`` ``warmup`` times, then at least ``min_reps`` times and until ``min_s``
+    seconds were measured (at most ``max_reps``): a fast operation gets enough runs for a
+    stable median, a slow one no more than it needs.  ``step`` returns the tuple of seconds
+    it measured; the list of the measured runs' tuples is returned."""
+    for _ in range(warmup):
+        step()
+    runs, spent = [], 0.0
+    while len(runs) < min_reps or (spent < min_s and len(runs) < max_reps):
+        times = step()
+        runs.append(times)
+        spent += sum(times)
+    return runs
+
+
 def check(cond: bool, what: str) -> None:
     """Raise BenchError(what) unless cond: every result is checked, none assumed."""
     if not cond:
@@ -280,6 +295,7 @@ def machine_info(repo: str) -> dict:
         "memory_gb": round(psutil.virtual_memory().total / GB, 1),
         "versions": versions,
         "git_head": git_head(repo),
-        "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-                if os.environ.get(k) is not None},
+        # settings that change what is measured: pydist's tuning knobs (shared memory, spin)
+        "env": {k: os.environ[k] for k in sorted(os.environ)
+                if k.startswith(("PYDIST_SHM", "PYDIST_SPIN", "PYDIST_FORK", "OPENBLAS_"))},
     }
