@@ -210,11 +210,9 @@ class Runner:
         self.peers[name]["leftovers"] += self._cleanup(mod, tracker, name)
 
     def run_variant(self, name, variant):
-        """Run ``variant.peer`` in a child ``python -m bench`` with the variant's environment
-        and file its results under ``name``: the child checks its own results and leftovers."""
-        import signal
-        import subprocess
-        import tempfile
+        """Run ``variant.peer`` in a child run with the variant's environment (bench/variant.py)
+        and file its results under ``name``."""
+        from bench.variant import run_child
 
         wanted = [c for c in self.case_names if c in variant.cases]
         if not wanted:
@@ -224,43 +222,24 @@ class Runner:
                                     "description": variant.description}
         entry["load_before"] = self._wait_quiet(name)
         log(f"{name}: {variant.peer} with {variant.env} in a child run for {', '.join(wanted)}")
-        with tempfile.TemporaryDirectory(prefix="bench-variant-") as tmp:
-            out = os.path.join(tmp, "results.json")
-            cmd = [sys.executable, "-m", "bench", "--child", "--json", out, "--peers", variant.peer,
-                   "--cases", ",".join(wanted)] + (["--quick"] if self.cfg.quick else [])
-            # its own session, so that a child that hangs goes with all it started
-            child = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **variant.env},
-                                     start_new_session=True)
-            limit = (len(wanted) + 1) * self.cfg.case_timeout_s + self.cfg.stop_timeout_s
-            try:
-                child.wait(timeout=limit)
-            except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)
-                child.wait()
-            try:
-                with open(out) as f:
-                    doc = json.load(f)
-            except (OSError, ValueError):
-                doc = None
+        doc, status, why = run_child(REPO, variant, wanted, self.cfg)
         if doc is None:
-            msg = f"the child run exited with status {child.returncode} and wrote no results"
             for case in wanted:
-                self.results[case][name] = {"error": msg, "traceback": ""}
-            self.problems.append(f"{name}: {msg}")
+                self.results[case][name] = {"error": why, "traceback": ""}
+            self.problems.append(f"{name}: {why}")
             self.failed = True
             return
         mine = doc["peers"].get(variant.peer, {})
-        for k in ("skipped", "leftovers", "persistent_helpers", "load_after", "wall_s"):
-            if k in mine:
-                entry[k] = mine[k]
+        entry.update({k: mine[k] for k in ("skipped", "leftovers", "persistent_helpers",
+                                           "load_after", "wall_s") if k in mine})
         for case in wanted:
             if variant.peer in doc["results"].get(case, {}):
                 self.results[case][name] = doc["results"][case][variant.peer]
         self.problems += [f"{name} (child run): {p}" for p in doc["problems"]]
-        if child.returncode != 0:
+        if status != 0:
             self.failed = True
             if not doc["problems"]:
-                self.problems.append(f"{name}: the child run exited with status {child.returncode}")
+                self.problems.append(f"{name}: the child run exited with status {status}")
 
     def run(self, after_each_peer=None):
         for name in self.peer_names:

@@ -220,6 +220,8 @@ def shm_table(doc, md=False):
         out.append(cells)
     text = table(["MB", "to: socket GB/s", "default", "shm always", "default/socket", "pydist/Ray",
                   "back: socket GB/s", "default", "shm always", "default/socket", "pydist/Ray"], out, md)
+    if not any(r for size_ratios in pays.values() for _, r in size_ratios):
+        return text + "\n\nWhere shared memory pays: not measured (needs the pydist_noshm variant)."
     where = {f: _pays_from(r) for f, r in pays.items()}
     words = {f: f"from {mb(v)} MB on" if v else "at no size measured" for f, v in where.items()}
     return (text + "\n\n" + f"Shared memory pays (>= {PAYS}x the socket's GB/s, at that size and every "
@@ -400,7 +402,7 @@ def targets(doc) -> list[dict]:
 
 
 def targets_table(doc, md=False):
-    rows = [[t["status"], t["target"], t.get("text", "pydist not measured" if t["status"] == "n/a" else "")]
+    rows = [[t["status"], t["target"], t.get("text", "not measured (pydist or the reference)" if t["status"] == "n/a" else "")]
             for t in doc.get("targets", [])]
     return table(["status", "target", "pydist vs threshold"], rows, md)
 
