@@ -136,18 +136,25 @@ def mb(nbytes):
 # the case tables
 
 
+def each_row(doc, case, out, width):
+    """Yield (peer, row) for every row of ``case``; a peer without rows gets one line of
+    ``out`` (``width`` cells) that says why."""
+    for peer in _peers(doc, case):
+        st = status_of(doc, case, peer)
+        if st:
+            out.append([peer, st] + [""] * (width - 2))
+            continue
+        for r in case_rows(doc, case, peer):
+            yield peer, r
+
+
 def latency_table(doc, md=False):
     base = row(doc, "latency", PYDIST)
     out = []
-    for peer in _peers(doc, "latency"):
-        st = status_of(doc, "latency", peer)
-        if st:
-            out.append([peer, st, "", "", "", ""])
-            continue
-        for r in case_rows(doc, "latency", peer):
-            name = peer if r["key"] == "default" else f"{peer} ({r['key']})"
-            out.append([name, r["label"], us(r["median_s"]), us(r["p99_s"]), us(r["min_s"]),
-                        "" if peer == PYDIST else ratio_text(r["median_s"], base and base["median_s"])])
+    for peer, r in each_row(doc, "latency", out, 6):
+        name = peer if r["key"] == "default" else f"{peer} ({r['key']})"
+        out.append([name, r["label"], us(r["median_s"]), us(r["p99_s"]), us(r["min_s"]),
+                    "" if peer == PYDIST else ratio_text(r["median_s"], base and base["median_s"])])
     return table(["peer", "call", "median µs", "p99 µs", "min µs", "peer/pydist (median)"], out, md)
 
 
@@ -168,20 +175,15 @@ def throughput_table(doc, md=False):
 
 def bigdata_table(doc, md=False):
     out = []
-    for peer in _peers(doc, "bigdata"):
-        st = status_of(doc, "bigdata", peer)
-        if st:
-            out.append([peer, st] + [""] * 9)
-            continue
-        for r in case_rows(doc, "bigdata", peer):
-            base = row(doc, "bigdata", PYDIST, nbytes=r["bytes"])
-            to_floor, back_floor = of_floor(doc, r)
-            name = peer if r["key"] == "default" else f"{peer} ({r['key']})"
-            out.append([name, r["label"], mb(r["bytes"]),
-                        ms(r["to_worker_s"]), gbps(r["to_worker_gbps"]), to_floor,
-                        ms(r["back_s"]), gbps(r["back_gbps"]), back_floor,
-                        "" if peer == PYDIST else ratio_text(r["to_worker_s"], base and base["to_worker_s"]),
-                        "" if peer == PYDIST else ratio_text(r["back_s"], base and base["back_s"])])
+    for peer, r in each_row(doc, "bigdata", out, 11):
+        base = row(doc, "bigdata", PYDIST, nbytes=r["bytes"])
+        to_floor, back_floor = of_floor(doc, r)
+        name = peer if r["key"] == "default" else f"{peer} ({r['key']})"
+        out.append([name, r["label"], mb(r["bytes"]),
+                    ms(r["to_worker_s"]), gbps(r["to_worker_gbps"]), to_floor,
+                    ms(r["back_s"]), gbps(r["back_gbps"]), back_floor,
+                    "" if peer == PYDIST else ratio_text(r["to_worker_s"], base and base["to_worker_s"]),
+                    "" if peer == PYDIST else ratio_text(r["back_s"], base and base["back_s"])])
     return table(["peer", "how", "MB", "to worker ms", "GB/s", "of memcpy", "back ms", "GB/s",
                   "of memcpy", "peer/pydist to worker", "peer/pydist back"], out, md)
 
@@ -231,16 +233,11 @@ def shm_table(doc, md=False):
 
 def w2w_table(doc, md=False):
     out = []
-    for peer in _peers(doc, "w2w"):
-        st = status_of(doc, "w2w", peer)
-        if st:
-            out.append([peer, st] + [""] * 5)
-            continue
-        for r in case_rows(doc, "w2w", peer):
-            base = row(doc, "w2w", PYDIST, nbytes=r["bytes"])
-            out.append([peer, r["label"], mb(r["bytes"]), ms(r["seconds"]), gbps(r["gbps"]),
-                        of_floor(doc, r)[0],
-                        "" if peer == PYDIST else ratio_text(r["seconds"], base and base["seconds"])])
+    for peer, r in each_row(doc, "w2w", out, 7):
+        base = row(doc, "w2w", PYDIST, nbytes=r["bytes"])
+        out.append([peer, r["label"], mb(r["bytes"]), ms(r["seconds"]), gbps(r["gbps"]),
+                    of_floor(doc, r)[0],
+                    "" if peer == PYDIST else ratio_text(r["seconds"], base and base["seconds"])])
     return table(["peer", "how", "MB", "ms", "GB/s", "of memcpy", "peer/pydist (time)"], out, md)
 
 

@@ -40,7 +40,7 @@ class PydistHandle(Handle):
 
     def throughput_variants(self):
         return [
-            ("unbatched", "pmap(f, xs)  batch_size=1, per_worker=1 (defaults)",
+            ("unbatched", "pmap(f, xs, batch_size=1)  per_worker=1 (its default)",
              lambda f, xs: pmap(f, xs, batch_size=1)),
             ("batched", 'pmap(f, xs, batch_size="auto")', lambda f, xs: pmap(f, xs, batch_size="auto")),
         ]
