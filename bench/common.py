@@ -191,6 +191,46 @@ class ProcessTracker:
         return desc
 
 
+def _wakeups(pid: int) -> int:
+    """Voluntary context switches of every thread of ``pid`` (each is a sleep that ended in
+    a wake-up); /proc/PID/status alone counts only the main thread."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/status") as f:
+            for line in f:
+                if line.startswith("voluntary_ctxt_switches"):
+                    total += int(line.split()[1])
+    return total
+
+
+def cpu_snapshot() -> dict:
+    """{pid: (CPU seconds, wake-ups)} of this process and every descendant (the peer's
+    workers, schedulers and daemons), for ``cpu_per_unit``.  Taken outside timed regions."""
+    me = psutil.Process()
+    snap = {}
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            snap[p.pid] = (t.user + t.system, _wakeups(p.pid))
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied, OSError):
+            pass  # exited meanwhile
+    return snap
+
+
+def cpu_per_unit(before: dict, after: dict, units: int) -> dict:
+    """Where the time of ``units`` tasks (or calls) went: CPU µs of the master and of all
+    the peer's other processes, and wake-ups of all of them, per unit.  A process that
+    started in between counts from its start; one that exited in between is missed."""
+    me = os.getpid()
+    d = {pid: (cpu - before.get(pid, (0.0, 0))[0], wk - before.get(pid, (0.0, 0))[1])
+         for pid, (cpu, wk) in after.items()}
+    return {
+        "master_cpu_us": d.get(me, (0.0, 0))[0] / units * 1e6,
+        "others_cpu_us": sum(c for pid, (c, _) in d.items() if pid != me) / units * 1e6,
+        "wakeups": sum(w for _, w in d.values()) / units,
+    }
+
+
 def system_load() -> dict:
     """How busy the machine is besides us: load averages and a 0.5 s CPU sample."""
     return {"loadavg": [round(x, 2) for x in os.getloadavg()],

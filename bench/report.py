@@ -113,6 +113,16 @@ def _peers(doc, case):
     return out
 
 
+def usage(r):
+    """Where a task's (or call's) time went: CPU µs of the master and of the peer's other
+    processes, wake-ups of all; "-" for runs made before these were measured."""
+    return [_num(r.get("master_cpu_us"), ",.1f"), _num(r.get("others_cpu_us"), ",.1f"),
+            _num(r.get("wakeups"), ".2f")]
+
+
+USAGE = ["master CPU µs", "others CPU µs", "wake-ups"]
+
+
 def gbps(x):
     return _num(x, ".2f")
 
@@ -151,11 +161,12 @@ def each_row(doc, case, out, width):
 def latency_table(doc, md=False):
     base = row(doc, "latency", PYDIST)
     out = []
-    for peer, r in each_row(doc, "latency", out, 6):
+    for peer, r in each_row(doc, "latency", out, 9):
         name = peer if r["key"] == "default" else f"{peer} ({r['key']})"
-        out.append([name, r["label"], us(r["median_s"]), us(r["p99_s"]), us(r["min_s"]),
+        out.append([name, r["label"], us(r["median_s"]), us(r["p99_s"]), us(r["min_s"]), *usage(r),
                     "" if peer == PYDIST else ratio_text(r["median_s"], base and base["median_s"])])
-    return table(["peer", "call", "median µs", "p99 µs", "min µs", "peer/pydist (median)"], out, md)
+    return table(["peer", "call", "median µs", "p99 µs", "min µs", *(u + " per call" for u in USAGE),
+                  "peer/pydist (median)"], out, md)
 
 
 def throughput_table(doc, md=False):
@@ -163,14 +174,15 @@ def throughput_table(doc, md=False):
     for peer in _peers(doc, "throughput"):
         st = status_of(doc, "throughput", peer)
         if st:
-            out.append([peer, "", st, "", "", "", ""])
+            out.append([peer, "", st] + [""] * 7)
             continue
         for r in case_rows(doc, "throughput", peer):
             base = row(doc, "throughput", PYDIST, kind_of(r))
             out.append([peer, kind_of(r), r["label"], _num(r["tasks_per_s"], ",.0f"), sec(r["seconds"]),
-                        r["reps"],
+                        r["reps"], *usage(r),
                         "" if peer == PYDIST else ratio_text(r["seconds"], base and base["seconds"])])
-    return table(["peer", "kind", "map", "tasks/s", "seconds", "runs", "peer/pydist (time)"], out, md)
+    return table(["peer", "kind", "map", "tasks/s", "seconds", "runs", *(u + " per task" for u in USAGE),
+                  "peer/pydist (time)"], out, md)
 
 
 def bigdata_table(doc, md=False):
