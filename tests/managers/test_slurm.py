@@ -267,7 +267,7 @@ def test_invalid_partition_fails_with_sbatchs_message(slurm):
 @pytest.mark.slurm
 def test_job_pending_past_queue_timeout_is_cancelled_with_its_reason(slurm):
     name, _tmp = slurm
-    with pytest.raises(LaunchError, match=r"stayed PENDING \(BeginTime\) for 3 s and was cancelled"):
+    with pytest.raises(LaunchError, match=r"stayed pending \(BeginTime\) for 3 s and was cancelled"):
         addprocs(manager(slurm, n=1, sbatch_args=["--begin=now+1hour"], queue_timeout=3))
     assert not squeue_ids(name)
 
