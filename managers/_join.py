@@ -384,9 +384,10 @@ class ResourceManager(DialInManager):
         "--ident", name)` in a new resource called `name`.  Raise to fail it (ValueError or
         TypeError for a bad setting fails the whole launch); the error text is the reason."""
 
-    @abc.abstractmethod
     def poll(self, names: list[str]) -> dict[str, Status]:
-        """The status of each resource, in one call if the backend can; leave out the unknown."""
+        """The status of each resource, in one call if the backend can; leave out the unknown.
+        Write this, or override `watch`."""
+        raise NotImplementedError(f"{type(self).__name__} must define poll() or watch()")
 
     @abc.abstractmethod
     def delete(self, names: list[str]) -> None:

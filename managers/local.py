@@ -35,6 +35,7 @@ class LocalManager(ClusterManager):
     def __init__(self, n: int, restrict: bool = True):
         self.n = n
         self.restrict = restrict
+        self.params = {"restrict": restrict}     # addprocs's keywords for LocalManager, with defaults
 
     def launch(self, params: dict, launched: list[WorkerConfig], notify: threading.Condition) -> None:
         bind = "127.0.0.1" if params.get("restrict", self.restrict) else "0.0.0.0"

@@ -85,8 +85,10 @@ class SSHManager(ClusterManager):
     """Workers on the given machines, started over SSH: `addprocs(["host", "user@host:2222",
     ("host", 4), ("host", "auto")], **kw)` builds one (Julia: SSHManager)."""
 
-    # Keywords addprocs accepts for SSH on top of the common ones (see docs/managers/ssh.md).
-    params = {"ssh_config": "~/.ssh/config", "known_hosts": None, "accept_new_host_keys": False}
+    # Keywords addprocs accepts for SSH on top of the common ones, with their defaults (Julia's
+    # SSHManager keywords, then ours; see docs/managers/ssh.md).
+    params = {"tunnel": False, "multiplex": False, "sshflags": [], "max_parallel": 10, "shell": "posix",
+              "ssh_config": "~/.ssh/config", "known_hosts": None, "accept_new_host_keys": False}
 
     def __init__(self, machines: Sequence[str | tuple[str, int | str]] | str):
         self.machines = [self._parse_entry(m) for m in ([machines] if isinstance(machines, str) else machines)]

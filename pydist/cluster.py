@@ -41,10 +41,9 @@ from .worker import parse_address
 
 log = logging.getLogger("pydist")
 
-# Keywords addprocs accepts besides default_addprocs_params() and a manager's own `params`.
-_MANAGER_KEYWORDS = {"restrict": True, "tunnel": False, "multiplex": False, "sshflags": [],
-                     "max_parallel": 10, "shell": "posix", "worker_timeout": None, "tls": None,
-                     "heartbeat_timeout": None}
+# Keywords addprocs accepts for every manager besides default_addprocs_params(); a manager
+# declares its own (LocalManager's restrict, SSHManager's tunnel, ...) in its `params`.
+_MANAGER_KEYWORDS = {"worker_timeout": None, "tls": None, "heartbeat_timeout": None}
 
 
 class WorkerState(enum.Enum):
@@ -191,8 +190,8 @@ def _params_for(manager: ClusterManager, kwargs: dict) -> dict:
     params = {**default_addprocs_params(), **_MANAGER_KEYWORDS, **getattr(manager, "params", {})}
     unknown = sorted(set(kwargs) - set(params))
     if unknown:
-        raise TypeError(f"addprocs() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
-                        f"it accepts {', '.join(sorted(params))}")
+        raise TypeError(f"addprocs() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}: "
+                        f"{type(manager).__name__} does not take them; it accepts {', '.join(sorted(params))}")
     params.update(kwargs)
     if isinstance(params["exeflags"], str):
         params["exeflags"] = shlex.split(params["exeflags"])
