@@ -21,9 +21,7 @@ import socket
 import subprocess
 import threading
 
-from pydist import ClusterManager, WorkerConfig, cluster_cookie
-
-from ._base import worker_argv, worker_command, worker_env
+from .base import ClusterManager, WorkerConfig, cluster_cookie, worker_argv, worker_command, worker_env
 from ._forkserver import ForkServer, ForkServerError
 
 log = logging.getLogger("pydist")

@@ -49,11 +49,8 @@ try:
 except ImportError as _err:  # pragma: no cover - depends on the installation
     raise ImportError("SSHManager needs paramiko: pip install 'pydist[ssh]'") from _err
 
-from pydist import ClusterManager, LaunchError, WorkerConfig, cluster_cookie, settings
-from pydist.manager import ask_to_exit
-from pydist.worker import parse_address
-
-from ._base import forwarded_env, host_port, worker_argv, worker_env
+from .base import (ClusterManager, LaunchError, WorkerConfig, ask_to_exit, cluster_cookie, forwarded_env,
+                   host_port, parse_address, settings, worker_argv, worker_env)
 from ._openssh import (_HostKeyError, _HostKeyPolicy, _Target, _load_ssh_config, _parse_sshflags,
                        _resolve, parse_machine)
 
