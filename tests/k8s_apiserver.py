@@ -395,6 +395,10 @@ class PodRuntime:
     start_time: str = dataclasses.field(default_factory=_now)
     error: PodError | None = None       # why the container is not running yet (if it never started)
     restart_count: int = 0
+    # Docker's FinishedAt of each exit the container was restarted after: run k (0-based) wrote its
+    # output after exits[k-1] and before exits[k].  A run's StartedAt is no such bound: Docker
+    # stamps it after the process started, so a quick first line can be logged before it.
+    exits: tuple[str, ...] = ()
     quick_failures: int = 0             # consecutive exits after < QUICK_RUN seconds; 2+ means back-off
     restart_at: float | None = None     # monotonic time of the next restart, None when none is due
     backoff: float = 0.0
@@ -811,6 +815,7 @@ class Kubelet:
         rt.restart_at = None
         self.api.start(rt.container_id)
         rt.restart_count += 1
+        rt.exits = (*rt.exits, st["FinishedAt"])      # one assignment: logs() reads it unlocked
         return self.api.inspect_container(rt.container_id)["State"]
 
     # -- delete and logs ------------------------------------------------------------------------
@@ -893,16 +898,14 @@ class Kubelet:
             waiting = ((pod["status"].get("containerStatuses") or [{}])[0].get("state") or {}).get("waiting") or {}
             raise ApiError(400, "BadRequest", f'container "{c["name"]}" in pod "{name}" is waiting to start: '
                                               f'{waiting.get("reason", "ContainerCreating")}')
+        exits = rt.exits
+        if previous and not exits:
+            raise ApiError(400, "BadRequest", f'previous terminated container "{c["name"]}" in pod "{name}" not found')
+        if previous:
+            kwargs.update(until=_epoch(exits[-1]), **({"since": _epoch(exits[-2])} if len(exits) > 1 else {}))
+        elif exits:
+            kwargs["since"] = max(kwargs.get("since", 0), _epoch(exits[-1]))
         try:
-            if rt.restart_count or previous:
-                started = _epoch(self.api.inspect_container(rt.container_id)["State"]["StartedAt"])
-                if previous and not rt.restart_count:
-                    raise ApiError(400, "BadRequest", f'previous terminated container "{c["name"]}" in pod '
-                                                      f'"{name}" not found')
-                if previous:
-                    kwargs.update(until=started, since=_epoch(rt.last_state["terminated"]["startedAt"]))
-                else:
-                    kwargs["since"] = max(kwargs.get("since", 0), started)
             return self.api.logs(rt.container_id, stdout=True, stderr=True, stream=follow, follow=follow, **kwargs)
         except docker.errors.NotFound:
             raise not_found("Pod", name) from None
