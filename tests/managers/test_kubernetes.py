@@ -21,7 +21,8 @@ import pytest
 
 from conftest_k8s import (IMAGE, POD_TIMEOUT, cluster_pods, cluster_secrets, kube,  # noqa: F401 (fixture)
                           remove_workers, wait_for_pods, wait_nothing_left)
-from pydist.managers.kubernetes import KubernetesManager, default_namespace, pending_reason, pod_failure, secret_name
+from pydist.managers._pods import pending_reason, pod_failure
+from pydist.managers.kubernetes import KubernetesManager, default_namespace, secret_name
 from pydist import LaunchError, addprocs, cluster_cookie, myid, pmap, remotecall_fetch, rmprocs, workers
 from pydist.process import STATE
 
