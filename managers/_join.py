@@ -5,10 +5,8 @@ Worker connects (DESIGN.md): the master listens on one port; a worker started el
 `python -m pydist.worker --join HEAD --ident IDENT`, authenticates with the cookie and offers
 itself.  This module owns everything after the backend started the workers:
 
-* `JoinListener` queues the offers.  An offer whose ident a launch of this process expects
-  waits for that launch; one whose launch is over is *stale* and refused at once (a worker
-  that joins after its launch failed, or was given up, must not become a member); the rest
-  (ElasticManager's) are left to whoever asks for unclaimed offers.
+* `JoinListener` (_listener.py) queues the offers; offers of a launch that is over are
+  refused at once, those no launch expects are ElasticManager's.
 * `Joins` is one launch's wait: each resource (a batch job of many workers, a pod of one)
   reports its `Status`; a resource may pend for `pending_timeout` from its creation, then its
   workers have `worker_timeout` from the moment it runs (so time in a queue never fails a
@@ -18,9 +16,8 @@ itself.  This module owns everything after the backend started the workers:
   instead of `poll`, to follow a stream of events).  Batch jobs use `Joins` through
   `JobManager` (_jobs.py), which adds the scheduler's poll loop and walltime handling.
 
-Threads: `pydist-join-<port>` (`pydist-join-any` for port 0), one per listener, accepts and starts a handshake thread per
-connection until the listener is closed.  `pydist-join-status`, one per `ResourceManager`
-launch and ending with it, runs the backend's `watch`.
+Threads: `pydist-join-status`, one per `ResourceManager` launch and ending with it, runs the
+backend's `watch`.
 """
 
 from __future__ import annotations
@@ -36,13 +33,12 @@ import time
 from typing import Callable, Iterable
 
 from pydist import ClusterManager, LaunchError, WorkerConfig, settings
-from pydist.manager import ask_to_exit, cluster_id, serve_offers
+from pydist.manager import ask_to_exit, cluster_id
 
 from ._base import host_port, refuse
+from ._listener import JoinListener, awaited, awaiting, join_listener
 
 log = logging.getLogger("pydist")
-
-DEFAULT_PORT = 9090
 
 # Lines of a resource's output shown in a launch error: enough for a traceback, short enough
 # to read in a terminal.
@@ -62,113 +58,6 @@ class Status:
     state: State
     reason: str = ""                 # the backend's words: why it pends, or how it ended
     end_time: float | None = None    # when its walltime runs out (epoch seconds), if known
-
-
-# -- which offers belong to a launch ---------------------------------------------------------
-_lock = threading.Lock()                 # guards _expected and _awaiting
-_expected: set[str] = set()             # every ident a launch of this process ever waited for
-_awaiting: dict[str, "Joins"] = {}      # ident -> the launch waiting for it now
-
-
-def _stale(ident: str) -> bool:
-    with _lock:
-        return ident in _expected and ident not in _awaiting
-
-
-def unclaimed(config: WorkerConfig) -> bool:
-    """An offer no launch of this process expects (ElasticManager takes only these)."""
-    with _lock:
-        return str(config.ident) not in _expected
-
-
-class JoinListener:
-    """The master's side of the join path: a port that authenticated workers offer themselves
-    on.  Offers wait until a launch takes one (`next_offer`); stale ones are refused."""
-
-    def __init__(self, host: str = "0.0.0.0", port: int = DEFAULT_PORT, advertise: str | None = None):
-        self._cond = threading.Condition()        # guards _offers and _closed
-        self._offers: list[WorkerConfig] = []
-        self._closed = False
-        self.socket = serve_offers(host, port, self._on_offer, f"pydist-join-{port or 'any'}")
-        self.host, self.port = advertise or host, self.socket.getsockname()[1]
-
-    def _on_offer(self, sock: socket.socket, offer: dict) -> None:
-        config = WorkerConfig(sock=sock, host=offer.get("host"), port=offer.get("port"),
-                              ident=offer.get("ident"), userdata=offer)
-        if _stale(str(config.ident)):
-            log.warning("pydist: refused worker %s: its launch is over (it failed or timed out)", config.ident)
-            refuse(config)
-            return
-        with self._cond:
-            closed = self._closed
-            if not closed:
-                self._offers.append(config)
-                self._cond.notify_all()
-        if closed:
-            refuse(config)
-
-    def refuse_stale(self) -> None:
-        """Refuse the queued offers whose launch ended meanwhile."""
-        with self._cond:
-            stale = [config for config in self._offers if _stale(str(config.ident))]
-            self._offers = [config for config in self._offers if config not in stale]
-        for config in stale:
-            log.warning("pydist: refused worker %s: its launch is over", config.ident)
-            refuse(config)
-
-    def close(self) -> None:
-        """Stop listening, refuse the offers no launch took and wake every next_offer (which
-        then returns None).  Only for a listener of one's own: join_listener's are shared."""
-        with self._cond:
-            self._closed = True
-            offers, self._offers = self._offers, []
-            self._cond.notify_all()
-        try:
-            self.socket.shutdown(socket.SHUT_RDWR)   # wakes the blocked accept(); close alone does not
-        except OSError:
-            pass
-        self.socket.close()
-        for config in offers:
-            refuse(config)
-
-    def wake(self) -> None:
-        """Make every waiting next_offer look at its `stop` event."""
-        with self._cond:
-            self._cond.notify_all()
-
-    def next_offer(self, timeout: float | None, accept: Callable[[WorkerConfig], bool] | None = None,
-                   stop: threading.Event | None = None) -> WorkerConfig | None:
-        """The oldest offer `accept` takes (default: any), waiting up to `timeout` seconds
-        (None: for ever, or until `stop` is set and wake() called, or close()); None if none came."""
-        accept = accept or (lambda config: True)
-        deadline = None if timeout is None else time.monotonic() + max(timeout, 0)
-        with self._cond:
-            while not self._closed and (stop is None or not stop.is_set()):
-                for i, config in enumerate(self._offers):
-                    if accept(config):
-                        return self._offers.pop(i)
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return None
-                self._cond.wait(remaining)
-        return None
-
-
-_listeners: dict[tuple[str, int], JoinListener] = {}
-_listeners_lock = threading.Lock()      # guards _listeners
-
-
-def join_listener(host: str = "0.0.0.0", port: int = DEFAULT_PORT,
-                  advertise: str | None = None) -> JoinListener:
-    """The master's join listener on host:port, opened on first use (port 0: any free port,
-    reusing a listener already open on that host)."""
-    with _listeners_lock:
-        for (h, p), listener in _listeners.items():
-            if h == host and (port == 0 or p == port):
-                return listener
-        listener = JoinListener(host, port, advertise)
-        _listeners[(host, listener.port)] = listener
-        return listener
 
 
 # -- one launch's wait -----------------------------------------------------------------------
@@ -243,12 +132,11 @@ class Joins:
     def expect(self, rid: str, idents: Iterable[str]) -> None:
         """Await the workers `idents` of resource `rid` (call before they can dial in)."""
         resource = _Resource(rid, list(idents))
-        with _lock, self._lock:
+        with self._lock:
             self._resources[rid] = resource
             for ident in resource.idents:
                 self._missing[ident] = resource
-                _expected.add(ident)
-                _awaiting[ident] = self
+        awaiting(resource.idents)
 
     def report(self, rid: str, status: Status) -> None:
         """The latest status of resource `rid` (from any thread; unknown ids are ignored)."""
@@ -271,9 +159,7 @@ class Joins:
                 del self._missing[ident]
         if not missing:
             return
-        with _lock:
-            for ident in missing:
-                _awaiting.pop(ident, None)
+        awaited(missing)
         count = len(resource.idents)
         if count > 1:
             tasks = sorted(resource.idents.index(ident) for ident in missing)
@@ -306,10 +192,9 @@ class Joins:
 
     def close(self) -> None:
         """End the wait: offers of workers not joined become stale (refused from now on)."""
-        with _lock, self._lock:
-            for ident in self._missing:
-                _awaiting.pop(ident, None)
-            self._missing.clear()
+        with self._lock:
+            missing, self._missing = list(self._missing), {}
+        awaited(missing)
         self.listener.refuse_stale()
 
     def _check(self, now: float) -> float | None:
@@ -348,8 +233,7 @@ class Joins:
         if resource is None:           # failed since it was taken
             refuse(config)
             return
-        with _lock:
-            _awaiting.pop(str(config.ident), None)
+        awaited([str(config.ident)])
         with self.notify:
             self.launched.append(config)
             self.notify.notify_all()

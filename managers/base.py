@@ -27,8 +27,8 @@ from pydist.manager import (ask_to_exit, cluster_id, master_hostname, parse_addr
 from ._base import (DEFAULT_IMAGE, CommandError, forwarded_env, host_port, refuse, run, worker_argv,
                     worker_command, worker_env)
 from ._jobs import JobManager, JobState, JobStatus, write_secret
-from ._join import (OUTPUT_TAIL_LINES, JoinListener, Joins, ResourceManager, State, Status,
-                    join_listener)
+from ._join import OUTPUT_TAIL_LINES, Joins, ResourceManager, State, Status
+from ._listener import JoinListener, join_listener
 
 __all__ = [
     # the core's interface (pydist, pydist.manager)

@@ -20,7 +20,7 @@ import threading
 import time
 
 from .base import ClusterManager, LaunchError, WorkerConfig, addprocs, host_port
-from ._join import DEFAULT_PORT, JoinListener, join_listener, unclaimed
+from ._listener import DEFAULT_PORT, JoinListener, join_listener, unclaimed
 
 
 class ElasticManager(ClusterManager):
