@@ -303,8 +303,8 @@ def _poll_batch(jobs: list[_Job]) -> None:
         _lock.notify_all()
     for joins, job_id, status in reports:
         if status.state is JobState.ENDED:
-            status = JobStatus(JobState.ENDED, f"ended ({status.reason or 'no reason given'}) "
-                               "before these workers joined")
+            status = JobStatus(JobState.ENDED, f"the job ended ({status.reason or 'no reason given'}) "
+                               "before they joined")
         joins.report(job_id, status)
     for job, pids, end in retire:
         log.warning("pydist: %s %s reaches its time limit in %.0f s (walltime_margin=%.0f): removing "

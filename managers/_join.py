@@ -164,7 +164,7 @@ class Joins:
         if count > 1:
             tasks = sorted(resource.idents.index(ident) for ident in missing)
             which = f"task {tasks[0]}" if len(tasks) == 1 else f"tasks {_ranges(tasks)}"
-            why = f"{len(missing)} of {count} workers ({which}) {why}"
+            why = f"{len(missing)} of {count} workers ({which}): {why}"
         text = self.manager.logs(rid) if tail else ""
         if text:
             why += f"; its output ends with:\n{text}"

@@ -279,7 +279,7 @@ def test_job_pending_past_queue_timeout_is_cancelled_with_its_reason(slurm):
 ])
 def test_workers_failing_at_start_show_the_tail_of_the_jobs_output(slurm, options, addprocs_kw, shown):
     name, _tmp = slurm
-    with pytest.raises(LaunchError, match="before these workers joined") as caught:
+    with pytest.raises(LaunchError, match="the job ended .* before they joined") as caught:
         addprocs(manager(slurm, n=1, **options), **addprocs_kw)
     assert shown in str(caught.value)
     assert not squeue_ids(name)
