@@ -23,6 +23,7 @@ backend's `watch`.
 from __future__ import annotations
 
 import abc
+import copy
 import dataclasses
 import enum
 import itertools
@@ -248,8 +249,8 @@ class ResourceManager(DialInManager):
 
     A backend writes `create`, `poll` (or `watch`), `delete` and optionally `logs`; the base
     names the resources (`<prefix>-<cluster id>-<k>`, also the worker's ident), creates them,
-    awaits the joins, deletes the resources whose worker failed, and deletes a worker's
-    resource when it is removed or dies."""
+    awaits the joins, deletes the resources whose worker failed, deletes a worker's resource
+    when it is removed or dies, and starts a replacement for it (addprocs's restart=)."""
 
     prefix = "pydist-worker"          # resource names start with it
     poll_interval: float = 2.0        # seconds between the default watch's polls
@@ -325,6 +326,13 @@ class ResourceManager(DialInManager):
         """Ask worker `pid` to exit over its link, then delete its resource."""
         ask_to_exit(pid, settings.EXIT_TIMEOUT)
         self._delete([str(config.ident)])
+
+    def replacement(self, config: WorkerConfig) -> "ResourceManager":
+        """A manager like this one that starts one worker: `addprocs(..., restart=True)` replaces
+        a worker that died with it (same settings, a resource of its own)."""
+        twin = copy.copy(self)
+        twin.n, twin._live_lock, twin._live = 1, threading.Lock(), set()
+        return twin
 
     def _create_all(self, names: list[str], joins: Joins, params: dict) -> None:
         for i, name in enumerate(names):

@@ -134,3 +134,14 @@ def _launch(manager):
         return addprocs(manager)
     except LaunchError as err:
         return err
+
+
+def test_worker_whose_process_dies_is_replaced_with_restart():
+    manager = ProcessManager(n=1)
+    [first] = addprocs(manager, restart=True)
+    [process] = manager.processes.values()
+    process.send_signal(signal.SIGKILL)
+    [second] = wait_until(lambda: [p for p in workers() if p not in (1, first)], timeout=60,
+                          what="the replacement worker to join")
+    assert remotecall_fetch(os.getpid, second) in {p.pid for p in manager.processes.values()}
+    assert process.pid not in {p.pid for p in manager.processes.values()}

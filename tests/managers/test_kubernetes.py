@@ -24,6 +24,7 @@ from conftest_k8s import (IMAGE, POD_TIMEOUT, cluster_pods, cluster_secrets, kub
 from pydist.managers._pods import pending_reason, pod_failure
 from pydist.managers.kubernetes import KubernetesManager, default_namespace, secret_name
 from pydist import LaunchError, addprocs, cluster_cookie, myid, pmap, remotecall_fetch, rmprocs, workers
+from conftest import wait_until
 from pydist.process import STATE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -271,6 +272,21 @@ def test_rmprocs_deletes_the_pod(kube, k8s_workers):
     assert remotecall_fetch(myid, kept) == kept
     rmprocs(kept).wait(60)
     assert cluster_secrets(kube) == []          # the cluster's last pod takes its Secret along
+
+
+@pytest.mark.kubernetes
+def test_worker_whose_pod_is_deleted_is_replaced_by_a_new_pod_with_restart(kube):
+    remove_workers()
+    [first] = addprocs(manager(kube, n=1), restart=True)
+    [pod] = cluster_pods(kube, extra=f"pydist.pid={first}")
+    kube.core.delete_namespaced_pod(pod.metadata.name, kube.namespace, grace_period_seconds=0)
+    [second] = wait_until(lambda: [p for p in workers() if p not in (1, first)], timeout=POD_TIMEOUT,
+                          what="the replacement pod's worker to join")
+    assert remotecall_fetch(myid, second) == second
+    [new] = wait_for_pods(kube, f"pydist.cluster={STATE.cluster_id},pydist.pid={second}", lambda pods: pods,
+                          POD_TIMEOUT, "the replacement pod to be labelled")
+    assert new.metadata.name != pod.metadata.name
+    remove_workers()
 
 
 @pytest.mark.kubernetes
