@@ -237,8 +237,9 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
             return
         host, _, port = hostname.strip("[").partition("]:")
         scan = f"ssh-keyscan {'-p ' + port + ' ' if port else ''}{host}"
+        known = ", ".join(files) or f"none of {', '.join(self.target.known_hosts)} exists"
         raise _HostKeyError(f"the host key of {hostname} ({key.get_name()} {fingerprint}) is not in "
-                            f"known_hosts ({', '.join(files) or 'none of ' + ', '.join(self.target.known_hosts) + ' exists'}). "
+                            f"known_hosts ({known}). "
                             f"Check the fingerprint and add it (`{scan} >> ~/.ssh/known_hosts`), pass "
                             "known_hosts=FILE, or trust it on first use with accept_new_host_keys=True")
 

@@ -54,8 +54,8 @@ except ImportError as err:  # pragma: no cover - depends on the installation
 
 from ._pods import (COOKIE_KEY, GRACE_PERIOD, LABEL_CLUSTER, LABEL_PID, LABEL_ROLE, NAME_PREFIX, pod_status,
                     secret_name, worker_pod)
-from .base import (DEFAULT_IMAGE, OUTPUT_TAIL_LINES, LaunchError, ResourceManager, State, Status, WorkerConfig, cluster_cookie,
-                   cluster_id, default_addprocs_params, host_port, join_listener)
+from .base import (DEFAULT_IMAGE, OUTPUT_TAIL_LINES, LaunchError, ResourceManager, State, Status, WorkerConfig,
+                   cluster_cookie, cluster_id, default_addprocs_params, host_port, join_listener)
 
 log = logging.getLogger("pydist")
 
@@ -98,7 +98,8 @@ class KubernetesManager(ResourceManager):
     pod may stay Pending (unschedulable, pulling) before it fails."""
 
     kind, prefix = "pod", NAME_PREFIX
-    pending_hint = "free or add capacity, relax node_selector=, tolerations=, cpu= or memory=, or raise pending_timeout="
+    pending_hint = ("free or add capacity, relax node_selector=, tolerations=, cpu= or memory=, "
+                    "or raise pending_timeout=")
     join_hint = "check that pods can reach that address (join_host=...)"
 
     def __init__(self, n: int = 1, image: str = DEFAULT_IMAGE, namespace: str | None = None,

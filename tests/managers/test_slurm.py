@@ -15,7 +15,6 @@ import secrets
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
