@@ -1,8 +1,10 @@
 """What batch-system managers share: submit a job, watch it, await its workers' joins, cancel it.
 
-A backend (Slurm today; PBS, SGE or Kubernetes later) subclasses `JobManager` and writes only
-what differs (STYLE.md §3):
+A backend (Slurm, Grid Engine, PBS: one job of n tasks per launch; a backend that makes one
+resource per worker subclasses _join.ResourceManager instead) subclasses `JobManager` and
+writes only what differs (STYLE.md §3):
 
+    worker_count() -> n                              how many workers the next launch starts
     build_spec(n, params, head, launch_id) -> spec   the job, built without I/O
     submit(spec) -> job_id                           hand it to the scheduler
     poll(job_ids) -> {job_id: JobStatus}             ONE scheduler call for all the ids
@@ -13,7 +15,7 @@ what differs (STYLE.md §3):
 
 How one launch goes (`JobManager.launch`, on addprocs's `pydist-launch` thread):
 
-1. Open the master's join listener (pydist.managers._join) and, if the backend wants one, write
+1. Open the master's join listener (pydist.managers._listener) and, if the backend wants one, write
    the cookie to a 0600 file the job can read.  Build the spec and submit it: one job of n tasks.
 2. Wait for joins (`_join.Joins`).  Every worker of the job is `python -m pydist.worker --join
    HEAD` with the ident `<job_id>.<task>`, so each offer maps to its job and task; offers of
