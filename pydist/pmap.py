@@ -431,10 +431,10 @@ def pmap(func: Callable, *iterables: Iterable, pool: AbstractWorkerPool | None =
     (the worker answers an element every 50 µs or faster) consecutive batches travel merged
     into one call, up to the size "auto" would pick, so the default batch_size=1 costs about
     what batch_size="auto" does for them; each element still has its own result, on_error and
-    retries, in order. distributed=False runs on local threads. on_error(exc) runs on the worker and its return value replaces a failed
-    element's result; otherwise a failure is retried after each of `retry_delays` while
-    retry_check(state, exc) -> (state, retry) allows it; the first unhandled failure stops
-    the pmap and is raised (RemoteException, or ProcessExitedException for a worker that
+    retries, in order. distributed=False runs on local threads. on_error(exc) runs on the worker
+    and its return value replaces a failed element's result; otherwise a failure is retried
+    after each of `retry_delays` while retry_check(state, exc) -> (state, retry) allows it; the
+    first unhandled failure stops the pmap and is raised (RemoteException, or ProcessExitedException for a worker that
     died a second time). A batch whose worker died is run once more, on another worker,
     before any of that applies. progress=True shows a progress bar with rate and ETA.
 
