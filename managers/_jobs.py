@@ -49,6 +49,7 @@ from __future__ import annotations
 import abc
 import atexit
 import collections
+import copy
 import dataclasses
 import logging
 import math
@@ -126,6 +127,18 @@ class JobManager(DialInManager):
     @property
     def pending_timeout(self) -> float:      # what Joins reads
         return self.queue_timeout
+
+    def replacement(self, config: WorkerConfig) -> "JobManager":
+        """A job of one worker with this manager's settings, submitted anew, to replace a
+        worker that died (`addprocs(..., restart=True)`). A manager that runs inside an
+        allocation (no `n`) cannot: the allocation's tasks are fixed."""
+        if getattr(self, "n", 1) is None:
+            raise TypeError(f"{type(self).__name__}() inside an allocation cannot start a replacement "
+                            "for a worker that died (restart=True): its tasks are the allocation's. "
+                            f"Give it n=... to submit jobs of its own from here instead")
+        twin = copy.copy(self)
+        twin.n = 1
+        return twin
 
     # -- what a backend writes ------------------------------------------------------------
     @abc.abstractmethod

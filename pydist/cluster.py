@@ -246,8 +246,12 @@ def _restart_group(manager: ClusterManager, params: dict, kwargs: dict) -> _Rest
     else:
         raise ValueError(f"restart must be True, False, 'on-failure' or a number of restarts, "
                          f"not {restart!r}")
-    if type(manager).replacement is ClusterManager.replacement:
-        manager.replacement(WorkerConfig())          # raises the manager's own explanation
+    try:                 # a manager that cannot replace workers says why now, not at a death
+        manager.replacement(WorkerConfig())
+    except TypeError:
+        raise
+    except Exception:
+        pass             # it needs a real worker's config: it can replace, it just cannot tell
     return _RestartGroup(dict(kwargs), limit)
 
 

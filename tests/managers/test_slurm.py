@@ -162,6 +162,25 @@ def test_slurm_workers_compute_call_each_other_and_rmprocs_cancels_the_job(slurm
 
 
 @pytest.mark.slurm
+def test_a_worker_whose_job_is_cancelled_is_replaced_by_a_new_job_with_restart(slurm):
+    name, _tmp = slurm
+    [first] = addprocs(manager(slurm, n=1), restart=True)
+    [job] = squeue_ids(name)
+    subprocess.run(["scancel", job], check=True, timeout=30)
+    [second] = wait_until(lambda: [p for p in workers() if p not in (1, first)] or None, 60,
+                          "a replacement job's worker")
+    [new_job] = wait_for(lambda: [j for j in squeue_ids(name) if j != job] or None, 30, "the new job")
+    assert remotecall_fetch(lambda: os.environ["SLURM_JOB_ID"], second) == new_job
+
+
+def test_slurm_manager_inside_an_allocation_refuses_restart(monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "1")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    with pytest.raises(TypeError, match="inside an allocation cannot start a replacement"):
+        addprocs(SlurmManager(), restart=True)
+
+
+@pytest.mark.slurm
 def test_slurm_job_outlives_a_removed_worker_until_the_last_one_goes(slurm):
     name, _tmp = slurm
     first, second = addprocs(manager(slurm, n=2))
