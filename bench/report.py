@@ -411,7 +411,8 @@ def targets(doc) -> list[dict]:
 
 
 def targets_table(doc, md=False):
-    rows = [[t["status"], t["target"], t.get("text", "not measured (pydist or the reference)" if t["status"] == "n/a" else "")]
+    missing = "not measured (pydist or the reference)"
+    rows = [[t["status"], t["target"], t.get("text", missing if t["status"] == "n/a" else "")]
             for t in doc.get("targets", [])]
     return table(["status", "target", "pydist vs threshold"], rows, md)
 
