@@ -196,10 +196,13 @@ def _wakeups(pid: int) -> int:
     a wake-up); /proc/PID/status alone counts only the main thread."""
     total = 0
     for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/status") as f:
-            for line in f:
-                if line.startswith("voluntary_ctxt_switches"):
-                    total += int(line.split()[1])
+        try:
+            with open(f"/proc/{pid}/task/{task}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches"):
+                        total += int(line.split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # the thread ended meanwhile (its switches are lost: an undercount)
     return total
 
 
