@@ -42,18 +42,18 @@ from .manager import ClusterManager, WorkerConfig, default_addprocs_params, reap
 from .messages import Kind, Mode
 from .output import OutputRelay, stream_lines
 from .process import (STATE, WorkerInfo, add_members, cluster_cookie, myid, configure_heartbeat,
-                      on_close, on_frame, peer_exited, result, secure, send_call, start_heartbeat,
-                      workers)
+                      on_close, on_frame, peer_exited, result, secure, send_call, share_memory,
+                      start_heartbeat, workers)
 from .serialize import dumps, loads
 from .handshake import handshake
 from .transport import Link
 
 log = logging.getLogger("pydist")
 
-# Keywords addprocs accepts besides default_addprocs_params() and a manager's own `params`.
-_MANAGER_KEYWORDS = {"restrict": True, "tunnel": False, "multiplex": False, "sshflags": [],
-                     "max_parallel": 10, "shell": "posix", "worker_timeout": None, "tls": None,
-                     "heartbeat_timeout": None, "restart": False, "memory_limit": None}
+# Keywords addprocs accepts for every manager besides default_addprocs_params(); a manager
+# declares its own (LocalManager's restrict, SSHManager's tunnel, ...) in its `params`.
+_MANAGER_KEYWORDS = {"worker_timeout": None, "tls": None, "heartbeat_timeout": None, "restart": False,
+                     "memory_limit": None}
 
 # restart=True replaces at most this many workers of one addprocs call: enough for a long
 # run's occasional crashes, while a worker that dies at every start gives up soon.
@@ -146,8 +146,8 @@ def _params_for(manager: ClusterManager, kwargs: dict) -> dict:
     params = {**default_addprocs_params(), **_MANAGER_KEYWORDS, **getattr(manager, "params", {})}
     unknown = sorted(set(kwargs) - set(params))
     if unknown:
-        raise TypeError(f"addprocs() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
-                        f"it accepts {', '.join(sorted(params))}")
+        raise TypeError(f"addprocs() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}: "
+                        f"{type(manager).__name__} does not take them; it accepts {', '.join(sorted(params))}")
     params.update(kwargs)
     if isinstance(params["exeflags"], str):
         params["exeflags"] = shlex.split(params["exeflags"])
@@ -173,8 +173,12 @@ def _restart_group(manager: ClusterManager, params: dict, kwargs: dict) -> _Rest
     else:
         raise ValueError(f"restart must be True, False, 'on-failure' or a number of restarts, "
                          f"not {restart!r}")
-    if type(manager).replacement is ClusterManager.replacement:
-        manager.replacement(WorkerConfig())          # raises the manager's own explanation
+    try:                 # a manager that cannot replace workers says why now, not at a death
+        manager.replacement(WorkerConfig())
+    except TypeError:
+        raise
+    except Exception:
+        pass             # it needs a real worker's config: it can replace, it just cannot tell
     return _RestartGroup(dict(kwargs), limit)
 
 
@@ -302,6 +306,7 @@ def _setup_one(manager, config: WorkerConfig, params: dict, group: _RestartGroup
             STATE.cond.notify_all()
         if relay is not None:
             relay.pid = pid
+        share_memory(link)
         link.start(f"pydist-reader-{pid}")
         start_heartbeat()
         manager.manage(pid, config, "register")

@@ -563,8 +563,18 @@ class Future(_Ref, Generic[T]):
 
     def __await__(self) -> Generator[Any, None, T]:
         """`await future` from a running event loop: fetched on a helper thread, so the loop
-        keeps running meanwhile."""
-        return _in_thread(self.fetch).__await__()
+        keeps running meanwhile. Cancelling the awaiting task (asyncio.wait_for's timeout,
+        task.cancel()) cancels the call too, interrupting it if it runs (as wrap_future does
+        for a concurrent.futures.Future)."""
+        return self._awaited().__await__()
+
+    async def _awaited(self):
+        import asyncio
+        try:
+            return await _in_thread(self.fetch)
+        except asyncio.CancelledError:
+            STATE.runner.submit(self.cancel, True)       # not on the loop: it is a remote call
+            raise
 
     def __reduce__(self):
         with _held_lock:

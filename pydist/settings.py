@@ -64,3 +64,11 @@ FORK_SERVER = os.environ.get("PYDIST_FORK_SERVER", "1") not in ("0", "false", "n
 # Remote tracebacks show pydist's own frames too (they are hidden so that a user's error
 # starts at the user's code); for debugging pydist itself.
 DEBUG = os.environ.get("PYDIST_DEBUG", "") not in ("", "0", "false", "no")
+
+# Out-of-band buffers of at least SHM_BYTES go through shared memory between processes on one
+# host (pydist/shm.py): one copy instead of two, and no socket wake-ups. Below it a socket is
+# cheaper than creating and mapping a file (the crossover measured by bench/ is in
+# docs/performance.md). PYDIST_SHM=0 turns it off; SHM_DIR is the file system used (tmpfs).
+SHM = os.environ.get("PYDIST_SHM", "1") not in ("0", "false", "no")
+SHM_BYTES = _int("PYDIST_SHM_BYTES", 1 << 20)
+SHM_DIR = os.environ.get("PYDIST_SHM_DIR", "/dev/shm")
