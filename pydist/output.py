@@ -253,7 +253,7 @@ class OutputRelay:
         try:
             found = self._address.get(timeout=timeout)
         except queue.Empty:
-            raise TimeoutError(f"printed no address within {timeout:.0f} s (PYDIST_WORKER_TIMEOUT)"
+            raise TimeoutError(f"no address line within {timeout:.0f} s (PYDIST_WORKER_TIMEOUT)"
                                + self.tail()) from None
         if found is None:
             raise ConnectionError("the worker exited before printing its address" + self.tail())
