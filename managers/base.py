@@ -21,8 +21,10 @@ What a backend subclasses:
 
 from pydist import (ClusterManager, LaunchError, WorkerConfig, addprocs, cluster_cookie,
                     default_addprocs_params, settings)
+from pydist._args import ArgumentParser
 from pydist.manager import (ask_to_exit, cluster_id, master_hostname, parse_address, reap,
                             retire_workers, stop_process)
+from pydist.output import STDERR_MARK, OutputRelay
 
 from ._base import (DEFAULT_IMAGE, CommandError, forwarded_env, host_port, refuse, run, worker_argv,
                     worker_command, worker_env)
@@ -35,6 +37,8 @@ __all__ = [
     "ClusterManager", "WorkerConfig", "LaunchError", "addprocs", "cluster_cookie",
     "default_addprocs_params", "settings", "ask_to_exit", "stop_process", "reap", "cluster_id",
     "master_hostname", "parse_address", "retire_workers",
+    # workers' output read by the backend itself (lines to the core's relay), a backend's command
+    "OutputRelay", "STDERR_MARK", "ArgumentParser",
     # the worker's command and the backends' subprocess calls
     "worker_argv", "worker_command", "worker_env", "forwarded_env", "host_port", "run",
     "CommandError", "refuse", "DEFAULT_IMAGE", "OUTPUT_TAIL_LINES", "write_secret",

@@ -39,11 +39,9 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the installation
     raise ImportError("DockerManager needs the Docker SDK: pip install 'pydist[docker]'") from err
 
-from pydist._args import ArgumentParser
-from pydist.output import STDERR_MARK, OutputRelay
-
-from .base import (DEFAULT_IMAGE, ClusterManager, LaunchError, WorkerConfig, ask_to_exit, cluster_cookie,
-                   cluster_id, forwarded_env, master_hostname, settings, worker_env)
+from .base import (DEFAULT_IMAGE, STDERR_MARK, ArgumentParser, ClusterManager, LaunchError, OutputRelay,
+                   WorkerConfig, ask_to_exit, cluster_cookie, cluster_id, forwarded_env, master_hostname,
+                   settings, worker_env)
 
 log = logging.getLogger("pydist")
 

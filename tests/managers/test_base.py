@@ -7,10 +7,10 @@ import pydist.managers.base as base
 
 MANAGERS = Path(base.__file__).resolve().parent
 # The bases (and base.py) may use the core's manager interface; backends import from .base.
-CORE_INTERFACE = {"pydist", "pydist.manager"}
-# docker.py's output relay moves out of pydist.cluster into a module of its own (issue 18, item 6);
-# it is exported here once it has moved.
-PENDING = {("docker.py", "pydist.cluster")}
+# pydist.output: the workers' output relay a backend that reads output itself feeds (docker.py);
+# pydist._args: the one-line-error parser of a backend's command (pydist docker prune).
+CORE_INTERFACE = {"pydist", "pydist.manager", "pydist.output", "pydist._args"}
+PENDING: set[tuple[str, str]] = set()
 
 
 def pydist_imports(path: Path) -> set[str]:
