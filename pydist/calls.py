@@ -23,6 +23,7 @@ import sys
 import threading
 from typing import Any, Callable
 
+from . import timings
 from .errors import CapturedException, remote_exception
 from .messages import NO_RRID, Kind, Mode
 from .process import STATE, internal, myid, result, send_call, workers
@@ -113,12 +114,13 @@ def _run_user(func: Callable, args, kwargs):
 def _on_call(link, mode, rrid, msg_id, body, buffers) -> bool:
     if mode == Mode.FUTURE or mode == Mode.WAIT:
         _lookup(RRID(*rrid))            # counted now, before a later DEL_CLIENTS on this link
-    return link.run_inline(_serve_call, link, mode, rrid, msg_id, body, buffers)
+    return link.run_inline(_serve_call, link, mode, rrid, msg_id, body, buffers, timings.now())
 
 
-def _serve_call(link, mode, rrid, msg_id, body, buffers) -> None:
+def _serve_call(link, mode, rrid, msg_id, body, buffers, queued) -> None:
     me = myid()
-    ok, value, failure = False, None, None
+    ok, value, failure, name, sent = False, None, None, None, 0
+    received = timings.size(body, buffers)
     try:
         func, args, kwargs = loads(body, buffers)
     except BaseException as err:
@@ -126,24 +128,28 @@ def _serve_call(link, mode, rrid, msg_id, body, buffers) -> None:
                                                   f"be unpickled on process {me}"))
     else:
         del body, buffers
+        name, start = timings.call_name(func, args), timings.now()
         try:
             value, ok = _run_user(func, args, kwargs), True
         except SystemExit as err:
             _exit_process(err.code)
         except BaseException as err:
             failure = remote_exception(me, err)
+        end = timings.now()
         del func, args, kwargs
     if mode == Mode.FETCH:
-        _answer(link, msg_id, value, failure)
+        sent = _answer(link, msg_id, value, failure)
     elif mode == Mode.FUTURE or mode == Mode.WAIT:
         outcome = value if ok else _Failed(failure)
         store_outcome(RRID(*rrid), outcome)
         if mode == Mode.WAIT:
-            _answer(link, msg_id, None, failure)
+            sent = _answer(link, msg_id, None, failure)
         else:
-            _push(link, rrid, outcome)
+            sent = _push(link, rrid, outcome)
     elif not ok:
         _print_failure(failure)
+    if name is not None:
+        timings.record(name, queued, start, end, received, sent, failure)
 
 
 # A remotecall's result up to this size is also sent to the caller at once, so fetching it
@@ -152,14 +158,18 @@ def _serve_call(link, mode, rrid, msg_id, body, buffers) -> None:
 PUSH_LIMIT = 1 << 16
 
 
-def _push(link, rrid, outcome) -> None:
+def _push(link, rrid, outcome) -> int:
+    """Send a small outcome to the caller at once; returns the bytes sent (0: none)."""
     body = dumps_small(outcome, link.peer, PUSH_LIMIT)
-    if body is not None:
-        _send_quietly(link, Kind.PUSH, body, (), 0, rrid)
+    if body is None:
+        return 0
+    _send_quietly(link, Kind.PUSH, body, (), 0, rrid)
+    return len(body)
 
 
-def _answer(link, msg_id: int, value, failure) -> None:
-    """Send RESULT(value), or ERROR(failure) when the call failed or value cannot be pickled."""
+def _answer(link, msg_id: int, value, failure) -> int:
+    """Send RESULT(value), or ERROR(failure) when the call failed or value cannot be pickled;
+    returns the bytes sent."""
     if failure is None:
         try:
             body, buffers = dumps(value, dest=link.peer)
@@ -168,13 +178,14 @@ def _answer(link, msg_id: int, value, failure) -> None:
                 err, f"the result of type {type(value).__name__} could not be pickled"))
         else:
             _send_quietly(link, Kind.RESULT, body, buffers, msg_id)
-            return
+            return timings.size(body, buffers)
     try:
         body = dumps(failure, dest=link.peer)[0]
     except BaseException:
         body = dumps(remote_exception(myid(), CapturedException(
             type(failure.captured).__name__, str(failure.captured), failure.traceback_text)))[0]
     _send_quietly(link, Kind.ERROR, body, (), msg_id)
+    return len(body)
 
 
 def _send_quietly(link, kind, body, buffers, msg_id, rrid=NO_RRID) -> None:

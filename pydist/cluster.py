@@ -13,6 +13,7 @@ worker (`pydist-output-<pid>`), each line prefixed `From worker N:`.
 from __future__ import annotations
 
 import atexit
+import collections
 import enum
 import itertools
 import logging
@@ -44,7 +45,7 @@ log = logging.getLogger("pydist")
 # Keywords addprocs accepts besides default_addprocs_params() and a manager's own `params`.
 _MANAGER_KEYWORDS = {"restrict": True, "tunnel": False, "multiplex": False, "sshflags": [],
                      "max_parallel": 10, "shell": "posix", "worker_timeout": None, "tls": None,
-                     "heartbeat_timeout": None}
+                     "heartbeat_timeout": None, "dashboard": False}
 
 
 class WorkerState(enum.Enum):
@@ -70,6 +71,8 @@ _addprocs_lock = threading.Lock()       # addprocs runs one at a time (Julia: wo
 _added_hooks: list = []                 # fn(pids) after workers joined (default pool)
 _print_lock = threading.Lock()          # one relayed line at a time on stdout
 relay_write = None                      # replaced while a progress bar is shown (pmap)
+# The last lines relayed, (time, pid, line), for the dashboard; deque.append is atomic.
+recent_output: collections.deque = collections.deque(maxlen=500)
 
 
 # -- output relay ------------------------------------------------------------------------------
@@ -125,6 +128,7 @@ class _OutputRelay:
 def relay_output(pid: int | None, line: str) -> None:
     """Print one line of worker `pid`'s output on the master's stdout, prefixed
     `From worker N:` (for managers that read worker output themselves)."""
+    recent_output.append((time.time(), pid, line))
     text = f"      From worker {pid if pid is not None else '?'}:\t{line}"
     writer = relay_write
     with _print_lock:
@@ -165,6 +169,9 @@ def addprocs(spec: Any = None, **kwargs) -> list[int]:
         _sync_members()
         for hook in _added_hooks:
             hook(added)
+    if params["dashboard"]:
+        from .web import dashboard
+        dashboard(port=None if params["dashboard"] is True else params["dashboard"])
     if failures:
         raise LaunchError(failures, added)
     return added

@@ -14,8 +14,8 @@ from importlib.metadata import entry_points
 import pytest
 
 from pydist import RemoteChannel, addprocs, cluster_cookie, remotecall, remotecall_fetch, rmprocs
-from pydist.cli import (cluster_status, main, parse_machine_file, parse_machine_line, serve_status,
-                        stop_status)
+from pydist.cli import main, parse_machine_file, parse_machine_line
+from pydist.status import cluster_status, serve_status, stop_status
 
 TIMEOUT = 120
 
