@@ -119,7 +119,7 @@ def _on_call(link, mode, rrid, msg_id, body, buffers) -> bool:
 
 def _serve_call(link, mode, rrid, msg_id, body, buffers, queued) -> None:
     me = myid()
-    ok, value, failure, name, sent = False, None, None, None, 0
+    ok, value, failure, name = False, None, None, None
     received = timings.size(body, buffers)
     try:
         func, args, kwargs = loads(body, buffers)
@@ -137,19 +137,21 @@ def _serve_call(link, mode, rrid, msg_id, body, buffers, queued) -> None:
             failure = remote_exception(me, err)
         end = timings.now()
         del func, args, kwargs
+    frame = None                        # the answer: (kind, body, buffers, msg_id, rrid)
     if mode == Mode.FETCH:
-        sent = _answer(link, msg_id, value, failure)
+        frame = _answer_frame(link, value, failure, msg_id)
     elif mode == Mode.FUTURE or mode == Mode.WAIT:
         outcome = value if ok else _Failed(failure)
         store_outcome(RRID(*rrid), outcome)
-        if mode == Mode.WAIT:
-            sent = _answer(link, msg_id, None, failure)
-        else:
-            sent = _push(link, rrid, outcome)
+        frame = (_answer_frame(link, None, failure, msg_id) if mode == Mode.WAIT
+                 else _push_frame(link, rrid, outcome))
     elif not ok:
         _print_failure(failure)
-    if name is not None:
-        timings.record(name, queued, start, end, received, sent, failure)
+    if name is not None:                # before answering: the caller's next call sees it
+        timings.record(name, queued, start, end, received,
+                       timings.size(frame[1], frame[2]) if frame else 0, failure)
+    if frame is not None:
+        _send_quietly(link, *frame)
 
 
 # A remotecall's result up to this size is also sent to the caller at once, so fetching it
@@ -158,18 +160,15 @@ def _serve_call(link, mode, rrid, msg_id, body, buffers, queued) -> None:
 PUSH_LIMIT = 1 << 16
 
 
-def _push(link, rrid, outcome) -> int:
-    """Send a small outcome to the caller at once; returns the bytes sent (0: none)."""
+def _push_frame(link, rrid, outcome) -> tuple | None:
+    """The PUSH frame that sends a small outcome to the caller at once; None if it is big."""
     body = dumps_small(outcome, link.peer, PUSH_LIMIT)
-    if body is None:
-        return 0
-    _send_quietly(link, Kind.PUSH, body, (), 0, rrid)
-    return len(body)
+    return None if body is None else (Kind.PUSH, body, (), 0, rrid)
 
 
-def _answer(link, msg_id: int, value, failure) -> int:
-    """Send RESULT(value), or ERROR(failure) when the call failed or value cannot be pickled;
-    returns the bytes sent."""
+def _answer_frame(link, value, failure, msg_id: int) -> tuple:
+    """The RESULT(value) frame, or ERROR(failure) when the call failed or value cannot be
+    pickled."""
     if failure is None:
         try:
             body, buffers = dumps(value, dest=link.peer)
@@ -177,15 +176,13 @@ def _answer(link, msg_id: int, value, failure) -> int:
             failure = remote_exception(myid(), _described(
                 err, f"the result of type {type(value).__name__} could not be pickled"))
         else:
-            _send_quietly(link, Kind.RESULT, body, buffers, msg_id)
-            return timings.size(body, buffers)
+            return Kind.RESULT, body, buffers, msg_id, NO_RRID
     try:
         body = dumps(failure, dest=link.peer)[0]
     except BaseException:
         body = dumps(remote_exception(myid(), CapturedException(
             type(failure.captured).__name__, str(failure.captured), failure.traceback_text)))[0]
-    _send_quietly(link, Kind.ERROR, body, (), msg_id)
-    return len(body)
+    return Kind.ERROR, body, (), msg_id, NO_RRID
 
 
 def _send_quietly(link, kind, body, buffers, msg_id, rrid=NO_RRID) -> None:

@@ -18,6 +18,7 @@ the cluster cookie printed in the URL, like Jupyter's. A report needs nothing ex
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import hmac
 import sys
@@ -65,6 +66,7 @@ def dashboard(port: int | None = None, host: str = "127.0.0.1") -> str:
                 if port is not None:
                     raise
                 _server = DashboardServer(host, 0, token(), STATE.cluster_id)
+            atexit.register(stop_dashboard)     # before the workers go (atexit runs last-in first)
             print(f"pydist dashboard: {_server.url}", file=sys.stderr, flush=True)
         return _server.url
 

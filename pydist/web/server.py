@@ -166,15 +166,14 @@ class DashboardServer:
         for queue in list(self.streams):
             _offer(queue, None)
         await self._http.close_all_connections()
-        asyncio.get_running_loop().stop()
 
     def close(self) -> None:
         """Stop serving and sampling (waits a few seconds at most)."""
         if self._loop is not None:
-            done = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
             try:
-                done.result(status.STATUS_TIMEOUT)
-            except Exception:
-                self._loop.call_soon_threadsafe(self._loop.stop)
+                asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(status.STATUS_TIMEOUT)
+            except Exception as err:
+                log.warning("pydist: the dashboard did not close its connections: %r", err)
+            self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(status.STATUS_TIMEOUT)
         self.sampler.stop()
