@@ -23,6 +23,7 @@ for a browser that connects now or for a report. Both are plain JSON-able dicts:
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import threading
 import time
@@ -44,6 +45,12 @@ def _sample(seen: dict[int, int]) -> tuple[dict, list, list]:
     """Runs on each process: its status row, and the timings and errors it recorded since."""
     records, errors = timings.since(seen.get(myid(), 0))
     return status.process_stats(), records, errors
+
+
+@functools.lru_cache(maxsize=1024)
+def short_name(qualname: str) -> str:
+    """`main.<locals>.step` -> `step`: the enclosing function says little on a plot."""
+    return qualname.rpartition("<locals>.")[2]
 
 
 class Sampler:
@@ -68,10 +75,12 @@ class Sampler:
         self._thread = threading.Thread(target=self._loop, name="pydist-sampler", daemon=True)
 
     def start(self, skip_history: bool = False) -> "Sampler":
-        """Start sampling; `skip_history` leaves out calls recorded before now (a report)."""
+        """Take the first sample now, then one each interval on the thread; `skip_history`
+        leaves out the calls recorded before now (a report)."""
         if skip_history:
             self._seen = {pid: answer[1][-1][0] for pid, answer in self._gather().items()
                           if not isinstance(answer, BaseException) and answer[1]}
+        self.tick()
         self._thread.start()
         return self
 
@@ -132,8 +141,8 @@ class Sampler:
             if records:
                 self.lost += max(0, records[0][0] - self._seen.get(pid, 0) - 1)
                 self._seen[pid] = records[-1][0]
-            tasks.extend([pid, *r[1:]] for r in records)
-            errors.extend([pid, e[1], e[2], e[3]] for e in failed)
+            tasks.extend([pid, short_name(r[1]), *r[2:]] for r in records)
+            errors.extend([pid, e[1], short_name(e[2]), e[3]] for e in failed)
             row = rows.get(pid)
             if row is not None:
                 row["cpu_pct"] = cpu[pid] = self._cpu_percent(pid, stats["cpu"], now)
@@ -141,7 +150,7 @@ class Sampler:
         fresh = [[t, pid, line] for t, pid, line in list(cluster.recent_output) if t > self._output_since]
         if fresh:
             self._output_since = fresh[-1][0]
-        pmaps = [{"name": timings.call_name(run.func, ()) or "pmap", "total": len(run.results),
+        pmaps = [{"name": short_name(timings.call_name(run.func, ()) or "pmap"), "total": len(run.results),
                   "done": len(run.results) - run.remaining} for run in list(active_runs)]
         update = {"kind": "update", "t": now, "workers": [rows[p] for p in sorted(rows)],
                   "samples": [{"t": now, "rss": rss, "cpu": cpu}], "tasks": tasks, "errors": errors,

@@ -2,7 +2,8 @@
    data embedded in the page), drawn with plots.js. */
 "use strict";
 
-const LIVE_WINDOW = 60;        // seconds of task stream and lines shown live
+const LIVE_WINDOW = 60;        // seconds of task stream and lines shown live ...
+const MIN_WINDOW = 10;         // ... at least, while the dashboard is younger than that
 const LIVE_TASKS = 20000;      // tasks kept by the live page (the server keeps as many)
 const LIVE_SAMPLES = 600;
 
@@ -74,13 +75,10 @@ function lanes() {
   return [...pids].sort((a, b) => a - b);
 }
 
-function drawLegend(names) {
-  const legend = document.getElementById("legend");
-  legend.replaceChildren(...names.map((name) => {
-    const item = text("span", name);
-    item.style.setProperty("--swatch", functionColor(name));
-    return item;
-  }));
+function legends(streamNames, linePids) {
+  drawLegend(document.getElementById("legend"), streamNames.map((name) => ({ label: name, color: functionColor(name) })));
+  const workers = linePids.map((pid) => ({ label: pid === 1 ? "master" : `worker ${pid}`, color: workerColor(pid) }));
+  for (const id of ["memory-legend", "cpu-legend"]) drawLegend(document.getElementById(id), workers);
 }
 
 function drawErrors() {
@@ -125,9 +123,11 @@ function drawLive() {
     `cluster ${state.cluster_id} · ${workers} worker${workers === 1 ? "" : "s"} · ${new Date(now * 1000).toLocaleTimeString()}`;
   drawWorkers();
   const pids = lanes();
-  const t0 = now - LIVE_WINDOW;
-  drawLegend(drawTaskStream(document.getElementById("stream"), state.tasks, pids, t0, now, now));
-  document.getElementById("stream-note").textContent = `last ${LIVE_WINDOW} s`;
+  // The last minute; less while the dashboard is younger, so the first seconds are not a sliver.
+  const span = Math.min(LIVE_WINDOW, Math.max(MIN_WINDOW, Math.ceil(now - state.started)));
+  const t0 = now - span;
+  legends(drawTaskStream(document.getElementById("stream"), state.tasks, pids, t0, now, now), pids);
+  document.getElementById("stream-note").textContent = `last ${span} s`;
   drawLines(document.getElementById("memory"), state.samples, "rss", pids, t0, now, now, formatBytes);
   drawLines(document.getElementById("cpu"), state.samples, "cpu", pids, t0, now, now, (v) => `${v.toFixed(0)} %`, 100);
   drawPmaps();
@@ -157,7 +157,7 @@ function drawReport() {
   document.getElementById("summary").textContent =
     `cluster ${state.cluster_id} · ${tasks.length} calls on ${pids.length} processes in ${formatSeconds(t1 - t0)} · ` +
     `${formatSeconds(busy)} of work` + (state.lost ? ` · ${state.lost} calls not recorded` : "");
-  drawLegend(drawTaskStream(document.getElementById("stream"), tasks, pids, t0, t1, t0));
+  const names = drawTaskStream(document.getElementById("stream"), tasks, pids, t0, t1, t0);
   document.getElementById("stream-note").textContent = `${tasks.length} calls`;
   drawBars(document.getElementById("functions"), totals.map((t) => ({
     label: t.name, value: t.total, color: functionColor(t.name), note: `${t.calls} calls, ${formatSeconds(t.total)}` })),
@@ -171,6 +171,7 @@ function drawReport() {
     return row;
   }));
   const samplePids = [...new Set(state.samples.flatMap((s) => Object.keys(s.rss).map(Number)))].sort((a, b) => a - b);
+  legends(names, samplePids);
   drawLines(document.getElementById("memory"), state.samples, "rss", samplePids, t0, t1, t0, formatBytes);
   drawLines(document.getElementById("cpu"), state.samples, "cpu", samplePids, t0, t1, t0, (v) => `${v.toFixed(0)} %`, 100);
   drawErrors();

@@ -69,7 +69,7 @@ function timeAxis(svg, x, t0, t1, origin, top, bottom) {
 /* Task stream: one lane per worker, one bar per call from its start to its end, coloured by
    function; the call's wait before it started is a faint bar. Returns the names drawn. */
 function drawTaskStream(svg, tasks, pids, t0, t1, origin) {
-  const laneHeight = 20;
+  const laneHeight = 26;
   const height = MARGIN.top + MARGIN.bottom + Math.max(pids.length, 1) * laneHeight;
   const width = clearSvg(svg, height);
   const span = Math.max(t1 - t0, 1e-6);
@@ -79,23 +79,46 @@ function drawTaskStream(svg, tasks, pids, t0, t1, origin) {
   timeAxis(svg, x, t0, t1, origin, MARGIN.top, bottom);
   pids.forEach((pid, i) => {
     const label = svgEl("text", { x: MARGIN.left - 8, y: MARGIN.top + i * laneHeight + 14, "text-anchor": "end" }, svg);
-    label.textContent = `worker ${pid}`;
+    label.textContent = pid === 1 ? "master" : `worker ${pid}`;
   });
   const names = new Set();
-  for (const [pid, name, queued, start, end, bytesIn, bytesOut, ok] of tasks) {
-    if (end < t0 || start > t1 || !lane.has(pid)) continue;
+  const visible = tasks.filter((t) => t[4] >= t0 && t[3] <= t1 && lane.has(t[0]));
+  const [row, rows] = packRows(visible);
+  visible.forEach((task, i) => {
+    const [pid, name, queued, start, end, bytesIn, bytesOut, ok] = task;
     names.add(name);
-    const y = MARGIN.top + lane.get(pid) * laneHeight + 2;
+    const height = (laneHeight - 4) / rows.get(pid);
+    const y = MARGIN.top + lane.get(pid) * laneHeight + 2 + row[i] * height;
     const left = x(Math.max(start, t0));
     const bar = svgEl("rect", {
-      x: left, y, height: laneHeight - 4, width: Math.max(x(Math.min(end, t1)) - left, 1.5),
+      x: left, y, height: Math.max(height - 1, 1), width: Math.max(x(Math.min(end, t1)) - left, 1.5),
       fill: functionColor(name), class: ok ? "task" : "task failed", "data-pid": pid, "data-name": name,
     }, svg);
     svgEl("title", {}, bar).textContent =
       `${name} on worker ${pid}: ran ${formatSeconds(end - start)}, waited ${formatSeconds(start - queued)}, ` +
       `${formatBytes(bytesIn)} in, ${formatBytes(bytesOut)} out${ok ? "" : ", FAILED"}`;
-  }
+  });
   return [...names].sort();
+}
+
+/* Calls run concurrently on a worker: give overlapping ones rows of their own in its lane
+   (first row free at the call's start; at most MAX_ROWS). Returns each task's row and the
+   rows each worker uses. */
+const MAX_ROWS = 4;
+function packRows(tasks) {
+  const order = tasks.map((_, i) => i).sort((a, b) => tasks[a][3] - tasks[b][3]);
+  const ends = new Map();          // pid -> end time of the last call in each row
+  const row = new Array(tasks.length);
+  for (const i of order) {
+    const [pid, , , start, end] = tasks[i];
+    const rowEnds = ends.get(pid) || [];
+    let r = rowEnds.findIndex((e) => e <= start);
+    if (r < 0) r = rowEnds.length < MAX_ROWS ? rowEnds.length : rowEnds.indexOf(Math.min(...rowEnds));
+    rowEnds[r] = end;
+    ends.set(pid, rowEnds);
+    row[i] = r;
+  }
+  return [row, new Map([...ends].map(([pid, rowEnds]) => [pid, rowEnds.length]))];
 }
 
 /* Lines over time, one per worker: samples are [{t, <key>: {pid: value}}]. */
@@ -123,11 +146,18 @@ function drawLines(svg, samples, key, pids, t0, t1, origin, format, fixedMax) {
     if (!points.length) continue;
     const line = svgEl("polyline", { points: points.join(" "), fill: "none", stroke: workerColor(pid),
                                      "stroke-width": 2, class: "series", "data-pid": pid }, svg);
-    svgEl("title", {}, line).textContent = `worker ${pid}`;
-    const last = points[points.length - 1].split(",");
-    svgEl("text", { x: Math.min(+last[0] + 4, width - MARGIN.right - 10), y: +last[1] - 4, fill: workerColor(pid) }, svg)
-      .textContent = pid;
+    svgEl("title", {}, line).textContent = pid === 1 ? "master" : `worker ${pid}`;
   }
+}
+
+/* A row of coloured swatches under a plot: items are {label, color}. */
+function drawLegend(box, items) {
+  box.replaceChildren(...items.map(({ label, color }) => {
+    const item = document.createElement("span");
+    item.textContent = label;
+    item.style.setProperty("--swatch", color);
+    return item;
+  }));
 }
 
 /* Horizontal bars: rows are {label, value, color, note}. */
