@@ -153,6 +153,7 @@ def addprocs(spec: Any = None, **kwargs) -> list[int]:
     `addprocs(n)` starts n local workers, `addprocs(["host", "user@host:22", ("host", 4)])`
     SSH workers, `addprocs(manager)` whatever that ClusterManager launches.  Keywords are
     those of default_addprocs_params() plus the manager's own; others raise TypeError.
+    `dashboard=True` (or a port) also serves the web dashboard (pydist.web.dashboard).
     Raises LaunchError when some workers could not start (`.added` lists those that did)."""
     if myid() != 1:
         raise RuntimeError(f"addprocs can only be called on process 1, not on process {myid()}")

@@ -28,7 +28,7 @@ import time
 from . import settings
 from .process import internal
 
-__all__ = ["record", "call_name", "size", "since", "wraps_first_argument", "ERRORS_KEPT"]
+__all__ = ["record", "call_name", "size", "since", "last_seq", "wraps_first_argument", "ERRORS_KEPT"]
 
 KEPT = max(settings.TIMINGS_KEPT, 0)
 # Tracebacks of the last failed calls kept for the dashboard's error panel.
@@ -85,3 +85,8 @@ def since(seq: int) -> tuple[list[tuple], list[tuple]]:
     fresh = sorted(r for r in list(_ring) if r is not None and r[0] > seq)
     return fresh, [e for e in list(_errors) if e[0] > seq]
 
+
+@internal
+def last_seq() -> int:
+    """The seq of the newest record, 0 for none (a report's starting point)."""
+    return max((r[0] for r in list(_ring) if r is not None), default=0)

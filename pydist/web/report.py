@@ -12,6 +12,12 @@ from .page import render
 from .sampler import Sampler
 
 
+# Calls a report keeps (~200 bytes each on the master, as many SVG bars in the browser), and
+# samples (one a second: a day). Past that the oldest go, and the report says how many.
+REPORT_TASKS = 200_000
+REPORT_SAMPLES = 86_400
+
+
 @contextlib.contextmanager
 def performance_report(filename: str | os.PathLike = "pydist-report.html") -> Iterator[None]:
     """Write `filename`, an HTML page with the task stream, per-function totals and each
@@ -22,7 +28,7 @@ def performance_report(filename: str | os.PathLike = "pydist-report.html") -> It
     raises. It needs no server and nothing from the internet to view. Master only."""
     if myid() != 1:
         raise RuntimeError("performance_report() runs on the master (process 1)")
-    sampler = Sampler(keep_tasks=1_000_000, keep_samples=100_000).start(skip_history=True)
+    sampler = Sampler(keep_tasks=REPORT_TASKS, keep_samples=REPORT_SAMPLES).start(skip_history=True)
     try:
         yield
     finally:

@@ -69,7 +69,7 @@ class Sampler:
         self.errors: collections.deque = collections.deque(maxlen=timings.ERRORS_KEPT)
         self.output: collections.deque = collections.deque(maxlen=cluster.recent_output.maxlen)
         self.pmaps: list[dict] = []
-        self.lost = 0                        # calls whose timings were overwritten unseen
+        self.lost = 0                        # calls whose timings were overwritten or dropped
         self.started = time.time()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="pydist-sampler", daemon=True)
@@ -78,8 +78,8 @@ class Sampler:
         """Take the first sample now, then one each interval on the thread; `skip_history`
         leaves out the calls recorded before now (a report)."""
         if skip_history:
-            self._seen = {pid: answer[1][-1][0] for pid, answer in self._gather().items()
-                          if not isinstance(answer, BaseException) and answer[1]}
+            self._seen = {pid: seq for pid, seq in status.gather(timings.last_seq).items()
+                          if not isinstance(seq, BaseException)}
         self.tick()
         self._thread.start()
         return self
@@ -156,6 +156,8 @@ class Sampler:
                   "samples": [{"t": now, "rss": rss, "cpu": cpu}], "tasks": tasks, "errors": errors,
                   "output": fresh, "pmaps": pmaps, "lost": self.lost}
         with self._lock:
+            self.lost += max(0, len(self.tasks) + len(tasks) - self.tasks.maxlen)   # pushed out
+            update["lost"] = self.lost
             self.workers, self.pmaps = update["workers"], pmaps
             self.samples.append(update["samples"][0])
             self.tasks.extend(tasks)

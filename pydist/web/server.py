@@ -56,6 +56,7 @@ class _Authorized(tornado.web.RequestHandler):
     def set_default_headers(self):
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "no-referrer")     # the token is in the URL
 
 
 class _Page(_Authorized):
