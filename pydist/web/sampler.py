@@ -58,11 +58,12 @@ class Sampler:
 
     def __init__(self, interval: float = INTERVAL, keep_tasks: int = 20_000, keep_samples: int = 600):
         self.interval = interval
-        self._lock = threading.Lock()        # guards every field below and _subscribers
-        self._subscribers: list[Callable[[dict], None]] = []
+        # Only the sampling thread (after start's first tick) uses these three:
         self._seen: dict[int, int] = {}      # pid -> last timings seq fetched
         self._last_cpu: dict[int, tuple[float, float]] = {}    # pid -> (time, cpu seconds)
         self._output_since = time.time()
+        self._lock = threading.Lock()        # guards _subscribers and every field below
+        self._subscribers: list[Callable[[dict], None]] = []
         self.workers: list[dict] = []
         self.samples: collections.deque = collections.deque(maxlen=keep_samples)
         self.tasks: collections.deque = collections.deque(maxlen=keep_tasks)
@@ -133,13 +134,13 @@ class Sampler:
         answers = self._gather()
         rows = {row["id"]: row for row in status.status_rows(
             {pid: a if isinstance(a, BaseException) else a[0] for pid, a in answers.items()})}
-        tasks, errors, rss, cpu = [], [], {}, {}
+        tasks, errors, rss, cpu, overwritten = [], [], {}, {}, 0
         for pid, answer in sorted(answers.items()):
             if isinstance(answer, BaseException):
                 continue
             stats, records, failed = answer
             if records:
-                self.lost += max(0, records[0][0] - self._seen.get(pid, 0) - 1)
+                overwritten += max(0, records[0][0] - self._seen.get(pid, 0) - 1)
                 self._seen[pid] = records[-1][0]
             tasks.extend([pid, short_name(r[1]), *r[2:]] for r in records)
             errors.extend([pid, e[1], short_name(e[2]), e[3]] for e in failed)
@@ -154,9 +155,10 @@ class Sampler:
                   "done": len(run.results) - run.remaining} for run in list(active_runs)]
         update = {"kind": "update", "t": now, "workers": [rows[p] for p in sorted(rows)],
                   "samples": [{"t": now, "rss": rss, "cpu": cpu}], "tasks": tasks, "errors": errors,
-                  "output": fresh, "pmaps": pmaps, "lost": self.lost}
+                  "output": fresh, "pmaps": pmaps}
         with self._lock:
-            self.lost += max(0, len(self.tasks) + len(tasks) - self.tasks.maxlen)   # pushed out
+            pushed_out = max(0, len(self.tasks) + len(tasks) - self.tasks.maxlen)
+            self.lost += overwritten + pushed_out
             update["lost"] = self.lost
             self.workers, self.pmaps = update["workers"], pmaps
             self.samples.append(update["samples"][0])

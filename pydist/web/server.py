@@ -169,7 +169,8 @@ class DashboardServer:
         await self._http.close_all_connections()
 
     def close(self) -> None:
-        """Stop serving and sampling (waits a few seconds at most)."""
+        """Stop sampling, then serving (waits a few seconds at most)."""
+        self.sampler.stop()
         if self._loop is not None:
             try:
                 asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(status.STATUS_TIMEOUT)
@@ -177,4 +178,3 @@ class DashboardServer:
                 log.warning("pydist: the dashboard did not close its connections: %r", err)
             self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(status.STATUS_TIMEOUT)
-        self.sampler.stop()
