@@ -3,7 +3,7 @@
 "use strict";
 
 const LIVE_WINDOW = 60;        // seconds of task stream and lines shown live ...
-const MIN_WINDOW = 10;         // ... at least, while the dashboard is younger than that
+const MIN_WINDOW = 2;          // ... or, while the dashboard is younger than that, its age
 const LIVE_TASKS = 20000;      // tasks kept by the live page (the server keeps as many)
 const LIVE_SAMPLES = 600;
 
@@ -123,7 +123,7 @@ function drawLive() {
     `cluster ${state.cluster_id} · ${workers} worker${workers === 1 ? "" : "s"} · ${new Date(now * 1000).toLocaleTimeString()}`;
   drawWorkers();
   const pids = lanes();
-  // The last minute; less while the dashboard is younger, so the first seconds are not a sliver.
+  // The last minute; less while the dashboard is younger, so its first seconds are not a sliver.
   const span = Math.min(LIVE_WINDOW, Math.max(MIN_WINDOW, Math.ceil(now - state.started)));
   const t0 = now - span;
   legends(drawTaskStream(document.getElementById("stream"), state.tasks, pids, t0, now, now), pids);

@@ -90,6 +90,10 @@ function drawTaskStream(svg, tasks, pids, t0, t1, origin) {
     const height = (laneHeight - 4) / rows.get(pid);
     const y = MARGIN.top + lane.get(pid) * laneHeight + 2 + row[i] * height;
     const left = x(Math.max(start, t0));
+    if (start - queued > 0 && queued >= t0) {     // arrived, not started yet: unpickling, a thread
+      svgEl("rect", { x: x(queued), y, height: Math.max(height - 1, 1), width: Math.max(left - x(queued), 0),
+                      fill: functionColor(name), class: "wait", opacity: 0.25 }, svg);
+    }
     const bar = svgEl("rect", {
       x: left, y, height: Math.max(height - 1, 1), width: Math.max(x(Math.min(end, t1)) - left, 1.5),
       fill: functionColor(name), class: ok ? "task" : "task failed", "data-pid": pid, "data-name": name,
