@@ -27,8 +27,11 @@ function functionColor(name) {
   return `hsl(${hash % 360}, 62%, 52%)`;
 }
 
+/* Ten colours people tell apart (Tableau 10); workers ten ids apart share one. */
+const WORKER_COLORS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1",
+                       "#ff9da7", "#9c755f", "#bab0ac"];
 function workerColor(pid) {
-  return `hsl(${(pid * 137.508) % 360}, 58%, 42%)`;
+  return WORKER_COLORS[pid % WORKER_COLORS.length];
 }
 
 function formatSeconds(s) {
@@ -106,15 +109,15 @@ function drawTaskStream(svg, tasks, pids, t0, t1, origin) {
 }
 
 /* Calls run concurrently on a worker: give overlapping ones rows of their own in its lane
-   (first row free at the call's start; at most MAX_ROWS). Returns each task's row and the
+   (first row free when the call arrived; at most MAX_ROWS). Returns each task's row and the
    rows each worker uses. */
 const MAX_ROWS = 4;
 function packRows(tasks) {
-  const order = tasks.map((_, i) => i).sort((a, b) => tasks[a][3] - tasks[b][3]);
+  const order = tasks.map((_, i) => i).sort((a, b) => tasks[a][2] - tasks[b][2]);
   const ends = new Map();          // pid -> end time of the last call in each row
   const row = new Array(tasks.length);
   for (const i of order) {
-    const [pid, , , start, end] = tasks[i];
+    const [pid, , start, , end] = tasks[i];     // from its arrival: its wait is drawn too
     const rowEnds = ends.get(pid) || [];
     let r = rowEnds.findIndex((e) => e <= start);
     if (r < 0) r = rowEnds.length < MAX_ROWS ? rowEnds.length : rowEnds.indexOf(Math.min(...rowEnds));
