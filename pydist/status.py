@@ -360,12 +360,12 @@ def _table(answer: dict) -> str:
             lines.append(f"{row['id']:>4}  {row['host'] or '?':<20} {row['ospid'] or '?':>8}  "
                          f"not answering: {row['error']}")
             continue
-        lines.append(f"{row['id']:>4}  {row['host']:<20} {row['ospid']:>8} {duration(row['uptime']):>10} "
-                     f"{row['calls']:>6} {size(row['rss']):>10}")
+        lines.append(f"{row['id']:>4}  {row['host']:<20} {row['ospid']:>8} {_duration(row['uptime']):>10} "
+                     f"{row['calls']:>6} {_size(row['rss']):>10}")
     return "\n".join(lines)
 
 
-def duration(seconds: float | None) -> str:
+def _duration(seconds: float | None) -> str:
     """`1d 2:03:04`: an uptime for people."""
     if seconds is None:
         return "?"
@@ -375,7 +375,7 @@ def duration(seconds: float | None) -> str:
     return (f"{days}d " if days else "") + f"{hours}:{minutes:02d}:{secs:02d}"
 
 
-def size(nbytes: float | None) -> str:
+def _size(nbytes: float | None) -> str:
     """`48.0 MiB`: a byte count for people."""
     if nbytes is None:
         return "?"

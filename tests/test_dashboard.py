@@ -8,6 +8,7 @@ without a browser.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -94,6 +95,12 @@ def test_the_token_opens_the_state(url, cluster):
     code, body = get(url.replace("/?", "/api/state?"))
     assert code == 200
     assert {row["id"] for row in json.loads(body)["workers"]} == {1, *cluster}
+
+
+def test_the_page_needs_nothing_from_elsewhere(url):
+    code, page = get(url)
+    assert code == 200 and b"<svg" in page
+    assert not re.search(rb"<(script|link|img)[^>]*(src|href)=", page)    # everything inlined
 
 
 def test_the_dashboard_listens_on_127_0_0_1_only(url):
