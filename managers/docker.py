@@ -185,6 +185,11 @@ class DockerManager(ClusterManager):
         if op == "deregister" and isinstance(config.userdata, _Container):
             _remove(config.userdata.container)
 
+    def replacement(self, config: WorkerConfig) -> "DockerManager":
+        """One more container like the others (same image, network, limits, labels)."""
+        return DockerManager(1, self.image, self.network, self.cpus, self.memory, self.env,
+                             self.volumes, self.labels, self.docker_url, self.name_prefix)
+
     def kill(self, pid: int, config: WorkerConfig) -> None:
         """Ask worker `pid` to exit, stop its container if it did not, wait until it is removed."""
         container = config.userdata.container if isinstance(config.userdata, _Container) else None

@@ -95,6 +95,9 @@ class LocalManager(ClusterManager):
     def manage(self, pid: int, config: WorkerConfig, op: str) -> None:
         """Nothing to do: the core interrupts calls and relays output for local workers."""
 
+    def replacement(self, config: WorkerConfig) -> "LocalManager":
+        return LocalManager(1, restrict=self.restrict)
+
     def __repr__(self) -> str:
         return f"LocalManager(n={self.n}, restrict={self.restrict})"
 

@@ -210,7 +210,7 @@ class SSHManager(ClusterManager):
             conn.release()
             raise
         tunnel = bool(params.get("tunnel"))
-        remote = _Remote(ident, conn, channel, pgid, host.machine.bind, tunnel)
+        remote = _Remote(ident, conn, channel, pgid, host.machine.bind, tunnel, host.machine.spec)
         config = WorkerConfig(io=_Output(out, early, remote), host=host.target.host, ident=ident,
                               count=host.count, exename=params.get("exename"),
                               exeflags=params.get("exeflags"), tunnel=tunnel,
@@ -254,6 +254,10 @@ class SSHManager(ClusterManager):
         """Ask worker `pid` to exit; if it does not, TERM then KILL its process group over SSH."""
         ask_to_exit(pid, settings.EXIT_TIMEOUT)
         config.userdata.stop()
+
+    def replacement(self, config: WorkerConfig) -> "SSHManager":
+        """One worker on the machine of the one that died (same user, port, bind address)."""
+        return SSHManager([(config.userdata.machine, 1)])
 
     def __repr__(self) -> str:
         return f"SSHManager({[m.spec if m.count == 1 else (m.spec, m.count) for m in self.machines]!r})"
@@ -437,9 +441,11 @@ class _Output:
 class _Remote:
     """One worker's SSH session and how far it got (WorkerConfig.userdata)."""
 
-    def __init__(self, ident: str, conn: _Connection, channel, pgid: int, bind: str, tunnel: bool):
+    def __init__(self, ident: str, conn: _Connection, channel, pgid: int, bind: str, tunnel: bool,
+                 machine: str):
         self.ident, self.conn, self.channel, self.pgid = ident, conn, channel, pgid
         self.bind, self.tunnel = bind, tunnel
+        self.machine = machine                  # its machine spec: where a replacement starts
         self._cond = threading.Condition()      # guards the times below and _stopped
         self.reading: float | None = None       # monotonic times: the core started reading,
         self.address: float | None = None       # the address line passed,

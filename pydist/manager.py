@@ -92,6 +92,14 @@ class ClusterManager(abc.ABC):
         sock = dial(host, int(config.port))
         return sock, sock
 
+    def replacement(self, config: WorkerConfig) -> "ClusterManager":
+        """A manager that launches one worker like the one `config` describes, to replace it
+        after it died (`addprocs(..., restart=True)`). Managers that can start a worker on
+        their own say how; this default says they cannot."""
+        raise TypeError(f"{type(self).__name__} cannot start a replacement for a worker that died "
+                        "(restart=True): it has no replacement() method. Restart such workers "
+                        "where they are started, or use a manager that starts its own workers")
+
     def kill(self, pid: int, config: WorkerConfig) -> None:
         """Make worker `pid` exit: ask it, then SIGTERM, then SIGKILL its process if there is one."""
         if not ask_to_exit(pid, settings.EXIT_TIMEOUT):

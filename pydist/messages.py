@@ -35,7 +35,7 @@ class Kind(enum.IntEnum):
 
 
 class Mode(enum.IntEnum):
-    FETCH = 0         # answer with RESULT or ERROR
+    FETCH = 0         # answer with RESULT or ERROR; rrid.id, if not 0, is the caller's lane
     FUTURE = 1        # keep the outcome in the Future `rrid` owned by the callee
     WAIT = 2          # as FUTURE, then answer RESULT(None) or ERROR
     DO = 3            # no answer; an error is printed on the callee's stderr

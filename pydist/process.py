@@ -274,6 +274,8 @@ def _connect(pid: int) -> Link:
             if pid == 1:                      # a worker's master link is gone: so is the master
                 raise ProcessExitedException(pid)
             if STATE.myid == 1:               # the master dials nobody: every worker joined it
+                if pid in STATE.members:      # its link just closed; peer_exited is under way
+                    raise ProcessExitedException(pid, "its link is closed")
                 raise ValueError(f"no process with id {pid}; procs() are {procs()}")
             info = STATE.members.get(pid)
             if info is None:
@@ -433,6 +435,14 @@ def on_close(link: Link, reason: str) -> None:
     peer_exited(pid)
 
 
+@internal
+def note_exit(pid: int, reason: str) -> None:
+    """Process `pid` tells why it is about to exit: its link's failures will say so."""
+    link = STATE.links.get(pid)
+    if link is not None:
+        link.exit_note = reason
+
+
 def _master_gone(reason: str) -> None:
     """A worker without its master exits at once: no orphans, whatever the backend."""
     try:
@@ -478,9 +488,13 @@ def send_call(pid: int, mode: Mode, func, args=(), kwargs=None, rrid=NO_RRID, fl
     return None
 
 
-def result(reply) -> object:
-    """Wait for a Reply and return its value, or raise what the call raised."""
-    reply.wait()
+def result(reply, timeout: float | None = None) -> object:
+    """Wait for a Reply and return its value, or raise what the call raised.
+
+    TimeoutError after `timeout` seconds; the call goes on, and its late answer is dropped."""
+    if not reply.wait(timeout):
+        raise TimeoutError(f"process {reply.pid} did not answer within {timeout:g} s; the call "
+                           "may still be running there (interrupt() stops it)")
     if reply.error is not None:
         raise reply.error
     if reply.kind is Kind.RESULT:
@@ -497,9 +511,10 @@ def result(reply) -> object:
     raise exc
 
 
-def call_fetch(pid: int, func, *args, **kwargs):
-    """Run func on process `pid` and return its result (no local shortcut: pid is remote)."""
-    return result(send_call(pid, Mode.FETCH, func, args, kwargs))
+def call_fetch(pid: int, func, *args, timeout: float | None = None):
+    """Run func(*args) on process `pid` and return its result (no local shortcut: pid is
+    remote); TimeoutError after `timeout` seconds."""
+    return result(send_call(pid, Mode.FETCH, func, args), timeout)
 
 
 # -- heartbeats ------------------------------------------------------------------------------

@@ -103,8 +103,11 @@ class Reply:
         if timeout is None:
             while not self._done.acquire(timeout=WAKE_SECONDS):
                 pass            # wake now and then: an interrupt is delivered between waits
-        elif not self._done.acquire(timeout=max(timeout, 0)):
-            return False
+        else:
+            deadline = _monotonic() + timeout
+            while not self._done.acquire(timeout=min(max(deadline - _monotonic(), 0), WAKE_SECONDS)):
+                if _monotonic() >= deadline:
+                    return False
         self._done.release()
         return True
 
@@ -251,6 +254,7 @@ class Link:
         self._ids = itertools.count(1)
         self.closed = False
         self.close_reason = ""
+        self.exit_note = ""         # why the peer said it is leaving (process.note_exit)
         self.last_heard = time.monotonic()
         self._reader: threading.Thread | None = None
         self._role_lock = threading.Lock()      # guards the hand-off of reading (_InlineCall)
@@ -580,6 +584,8 @@ class Link:
             if self.closed:
                 return
             self.closed = True
+            if self.exit_note:
+                reason = self.exit_note
             self.close_reason = reason
             pending, self._pending = self._pending, {}
         try:

@@ -218,6 +218,9 @@ def _on_join(link: Link, join: dict) -> None:
     add_members(join["members"], join["master"])
     if "heartbeat" in join:
         configure_heartbeat(*join["heartbeat"])
+    if join.get("memory_limit"):
+        from .memory import watch
+        watch(join["memory_limit"])
     link.peer = 1
     for info in join["dial"]:
         dial_peer(info)
