@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import html
 import json
-from importlib import resources
 
 ASSETS = ("page.css", "plots.js", "page.js")
 
 
 def _asset(name: str) -> str:
+    from importlib import resources        # here: it costs every worker ~20 ms at start
     return resources.files(__package__).joinpath("assets", name).read_text(encoding="utf-8")
 
 
