@@ -27,7 +27,7 @@ import threading
 from ..process import STATE, cluster_cookie, myid
 from .report import performance_report
 
-__all__ = ["dashboard", "stop_dashboard", "performance_report", "DEFAULT_PORT"]
+__all__ = ["dashboard", "stop_dashboard", "performance_report", "token", "DEFAULT_PORT"]
 
 # Dask's dashboard port, which people's SSH tunnels and notebooks already know; when it is
 # taken, dashboard() without a port picks a free one instead of failing.
