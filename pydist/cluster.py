@@ -43,8 +43,8 @@ from .errors import LaunchError, ProcessExitedException
 from .manager import ClusterManager, WorkerConfig, default_addprocs_params, reap, stop_process
 from .messages import Kind, Mode
 from .process import (STATE, WorkerInfo, add_members, cluster_cookie, myid, configure_heartbeat,
-                      on_close, on_frame, peer_exited, result, secure, send_call, start_heartbeat,
-                      workers)
+                      on_close, on_frame, peer_exited, result, secure, send_call, share_memory,
+                      start_heartbeat, workers)
 from .serialize import dumps, loads
 from .handshake import handshake
 from .transport import Link
@@ -384,6 +384,7 @@ def _setup_one(manager, config: WorkerConfig, params: dict, group: _RestartGroup
             STATE.cond.notify_all()
         if relay is not None:
             relay.pid = pid
+        share_memory(link)
         link.start(f"pydist-reader-{pid}")
         start_heartbeat()
         manager.manage(pid, config, "register")

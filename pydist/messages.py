@@ -32,6 +32,7 @@ class Kind(enum.IntEnum):
     PING = 10         # liveness probe; answered by PONG
     PONG = 11
     PUSH = 12         # callee -> caller: a small result of its remotecall Future `rrid` (body)
+    SHM_FREE = 13     # receiver -> sender: shared-memory slots it let go of (shm.py; body)
 
 
 class Mode(enum.IntEnum):

@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 
-from . import settings, transport
+from . import settings, shm, transport
 from .errors import CapturedException, ProcessExitedException, RemoteException
 from .messages import NO_RRID, Kind, Mode
 from .serialize import dumps, loads
@@ -49,6 +49,7 @@ class WorkerInfo:
     port: int = 0
     hostname: str = ""      # machine identity, for procs(pid)
     ospid: int = 0
+    shm: str = ""           # its shared memory's identity (shm.host_identity): "" for none
 
 
 class TopologyError(ConnectionError):
@@ -154,7 +155,8 @@ class _State:
         self.cond = threading.Condition()    # guards links, members, dead, dialing, master_info
         self.links: dict[int, Link] = {}
         self.members: dict[int, WorkerInfo] = {}
-        self.master_info = WorkerInfo(1, hostname=self.hostname, ospid=os.getpid())
+        self.shm = shm.host_identity() if settings.SHM else ""
+        self.master_info = WorkerInfo(1, hostname=self.hostname, ospid=os.getpid(), shm=self.shm)
         self.dead: set[int] = set()
         self.dialing: set[int] = set()
         self.address: tuple[str, int] | None = None   # where this process listens, if it does
@@ -345,8 +347,19 @@ def dial_peer(info: WorkerInfo) -> Link:
     return link
 
 
+def share_memory(link: Link) -> None:
+    """Let large buffers on `link` go through shared memory when its peer shares this
+    host's (pydist/shm.py); both ends decide alike from the membership table."""
+    with STATE.cond:
+        info = STATE.master_info if link.peer == 1 else STATE.members.get(link.peer)
+    if STATE.shm and info is not None and info.shm == STATE.shm:
+        link.segments = shm.Segments(STATE.cluster_id, STATE.myid, link.peer)
+        link.segments.link = link
+
+
 def register_link(link: Link) -> None:
     """Make `link` the link to its peer and start serving it."""
+    share_memory(link)
     with STATE.cond:
         old = STATE.links.get(link.peer)
         STATE.links[link.peer] = link
@@ -446,6 +459,8 @@ def note_exit(pid: int, reason: str) -> None:
 def _master_gone(reason: str) -> None:
     """A worker without its master exits at once: no orphans, whatever the backend."""
     try:
+        if STATE.shm:
+            shm.forget_cluster(STATE.cluster_id)
         sys.stdout.flush()
         sys.stderr.flush()
     finally:
@@ -463,6 +478,8 @@ def peer_exited(pid: int) -> None:
         STATE.cond.notify_all()
     if link is not None:
         link.close("the process has exited")
+    if STATE.shm:
+        shm.forget(STATE.cluster_id, STATE.myid, pid)
     for hook in list(STATE.exit_hooks):
         try:
             hook(pid)

@@ -66,6 +66,14 @@ SPIN_SECONDS = _float("PYDIST_SPIN_US", 100.0) / 1e6
 # off (each worker is then its own `python -m pydist.worker`).
 FORK_SERVER = _flag("PYDIST_FORK_SERVER", True)
 
+# Out-of-band buffers of at least SHM_BYTES go through shared memory between processes on one
+# host (pydist/shm.py): one copy instead of two, and no socket wake-ups. Below it a socket is
+# cheaper than creating and mapping a file (the crossover measured by bench/ is in
+# docs/performance.md). PYDIST_SHM=0 turns it off; SHM_DIR is the file system used (tmpfs).
+SHM = _flag("PYDIST_SHM", True)
+SHM_BYTES = _int("PYDIST_SHM_BYTES", 1 << 20)
+SHM_DIR = os.environ.get("PYDIST_SHM_DIR", "/dev/shm")
+
 # Every master answers `pydist status` on a 0600 Unix socket in ~/.pydist from its first
 # addprocs (pydist.status). 0 turns that off (serve_status() still works when called).
 STATUS = _flag("PYDIST_STATUS", True)

@@ -225,7 +225,7 @@ def _on_join(link: Link, join: dict) -> None:
     for info in join["dial"]:
         dial_peer(info)
     host, port = STATE.address
-    me = WorkerInfo(STATE.myid, host, port, STATE.hostname, os.getpid())
+    me = WorkerInfo(STATE.myid, host, port, STATE.hostname, os.getpid(), STATE.shm)
     add_members([me])
     link.send(Kind.JOINED, dumps(me)[0])
     register_link(link)
