@@ -55,9 +55,11 @@ def process_stats() -> dict:
     """Runs on each process: what `pydist status` and the dashboard show about it."""
     with calls._running_lock:
         running = len(calls._running)
+    with calls._lanes_lock:
+        in_lanes = sum(len(lane.queued) for lane in calls._lanes.values())
     cpu = os.times()
     return {"id": myid(), "host": socket.gethostname(), "ospid": os.getpid(),
-            "started": _started_at(), "calls": running, "queued": STATE.runner._backlog,
+            "started": _started_at(), "calls": running, "queued": STATE.runner._backlog + in_lanes,
             "cpu": cpu.user + cpu.system, "rss": _rss_bytes()}
 
 
@@ -111,7 +113,8 @@ def gather(func, *args, timeout: float = STATUS_TIMEOUT) -> dict[int, object]:
 
 def cluster_status(timeout: float = STATUS_TIMEOUT) -> list[dict]:
     """One row per process, master first: id, host, ospid, manager, uptime (s), calls (user
-    calls running), queued (calls waiting for a thread), cpu (CPU seconds so far), rss
+    calls running), queued (calls waiting for a thread or behind their lane's running call:
+    pmap's next batches), cpu (CPU seconds so far), rss
     (bytes), error (None, or why a worker did not answer within `timeout`).
 
     Master only; one internal call per worker, all at once, so it costs one round trip."""

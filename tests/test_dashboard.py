@@ -205,6 +205,15 @@ def test_pmap_progress_and_worker_output_show_while_pmap_runs(url, cluster, brow
     assert results == [list(range(24))]
 
 
+def test_performance_report_is_written_when_the_block_raises(cluster, tmp_path):
+    report = tmp_path / "report.html"
+    with pytest.raises(ZeroDivisionError):
+        with performance_report(report):
+            remotecall_fetch(double, cluster[0], 1)
+            1 / 0
+    assert '"double"' in report.read_text()
+
+
 @pytest.mark.browser
 def test_performance_report_draws_one_bar_per_call(cluster, browser, tmp_path):
     report = tmp_path / "report.html"

@@ -11,7 +11,11 @@ import sys
 
 import pytest
 
+from conftest import wait_until
 from pydist import RemoteChannel, remotecall, remotecall_fetch
+from pydist.calls import new_lane
+from pydist.messages import Mode
+from pydist.process import result, send_call
 from pydist.status import cluster_status, serve_status, stop_status
 from pydist.web import dashboard, stop_dashboard
 from test_cli import pydist, write
@@ -50,6 +54,20 @@ def test_cluster_status_has_a_row_per_process_with_running_calls(cluster):
     finally:
         gate.put("go")
         blocked.wait()
+
+
+def test_cluster_status_counts_calls_waiting_behind_their_lane(cluster):
+    gate = RemoteChannel()
+    lane = new_lane()                    # one call at a time, as pmap sends its batches
+    replies = [send_call(cluster[0], Mode.FETCH, lambda g: g.fetch(), (gate,), rrid=(0, lane))
+               for _ in range(2)]
+    try:
+        wait_until(lambda: [r for r in cluster_status() if r["id"] == cluster[0]
+                            and r["calls"] == 1 and r["queued"] == 1], what="1 call running, 1 queued")
+    finally:
+        gate.put("go")
+        for reply in replies:
+            result(reply)
 
 
 @pytest.fixture
