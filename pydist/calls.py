@@ -131,7 +131,7 @@ def _serve_call(link, mode, rrid, msg_id, body, buffers, queued=None) -> None:
     """Run one call and answer it. `queued`: when its frame was read (default: now)."""
     me = myid()
     ok, value, failure, name = False, None, None, None
-    received = timings.size(body, buffers)
+    received, queued = timings.size(body, buffers), queued or timings.now()
     target = None
     if mode == Mode.FUTURE or mode == Mode.WAIT:
         target = _refs.get(RRID(*rrid))
@@ -170,7 +170,7 @@ def _serve_call(link, mode, rrid, msg_id, body, buffers, queued=None) -> None:
     elif not ok:
         _print_failure(failure)
     if name is not None:                # before answering: the caller's next call sees it
-        timings.record(name, start if queued is None else queued, start, end, received,
+        timings.record(name, queued, start, end, received,
                        timings.size(frame[1], frame[2]) if frame else 0, failure)
     if frame is not None:
         _send_quietly(link, *frame)
