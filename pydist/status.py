@@ -328,7 +328,7 @@ def _ask(path: Path) -> dict | None:
 
 def _ask_dashboard(url: str) -> dict | None:
     """A master's snapshot from its dashboard (`/api/status`, the token of the URL it printed)."""
-    import urllib.error                     # here: urllib.request costs every process ~8 ms
+    import urllib.error  # here: urllib.request costs every process ~8 ms
     import urllib.request
     from urllib.parse import urlsplit, urlunsplit
     parts = urlsplit(url if "://" in url else "http://" + url)

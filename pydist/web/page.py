@@ -15,7 +15,7 @@ ASSETS = ("page.css", "plots.js", "page.js")
 
 
 def _asset(name: str) -> str:
-    from importlib import resources        # here: it costs every worker ~20 ms at start
+    from importlib import resources  # here: it costs every worker ~20 ms at start
     return resources.files(__package__).joinpath("assets", name).read_text(encoding="utf-8")
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from ..process import STATE, myid
 from .page import render
 from .sampler import Sampler
-
 
 # Calls a report keeps (~200 bytes each on the master, as many SVG bars in the browser), and
 # samples (one a second: a day). Past that the oldest go, and the report says how many.

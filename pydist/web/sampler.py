@@ -27,7 +27,7 @@ import functools
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .. import cluster, status, timings
 from ..pmap import active_runs
@@ -75,7 +75,7 @@ class Sampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="pydist-sampler", daemon=True)
 
-    def start(self, skip_history: bool = False) -> "Sampler":
+    def start(self, skip_history: bool = False) -> Sampler:
         """Take the first sample now, then one each interval on the thread; `skip_history`
         leaves out the calls recorded before now (a report)."""
         if skip_history:

@@ -41,7 +41,7 @@ CLIENT_BACKLOG = 60
 class _Authorized(tornado.web.RequestHandler):
     """Refuses, with 403 and no data, a request without the dashboard's token."""
 
-    def initialize(self, server: "DashboardServer"):
+    def initialize(self, server: DashboardServer):
         self.server = server
 
     def prepare(self):
