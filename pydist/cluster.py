@@ -199,9 +199,10 @@ def _add(manager: ClusterManager, params: dict, group: _RestartGroup | None) -> 
         _sync_members()
         for hook in _added_hooks:
             hook(added)
-    if params["dashboard"]:
+    port = params["dashboard"]                   # True, or a port (0: any free one)
+    if port is not False and port is not None:
         from .web import dashboard
-        dashboard(port=None if params["dashboard"] is True else params["dashboard"])
+        dashboard(port=None if port is True else port)
     if failures:
         raise LaunchError(failures, added)
     return added

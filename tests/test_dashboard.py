@@ -107,11 +107,14 @@ def test_the_dashboard_listens_on_127_0_0_1_only(url):
     assert url.startswith("http://127.0.0.1:")
 
 
-def test_addprocs_dashboard_true_serves_the_dashboard(no_workers):
+@pytest.mark.parametrize("value", [True, 0])
+def test_addprocs_dashboard_serves_the_dashboard_and_prints_its_url(no_workers, capsys, value):
     try:
-        [pid] = addprocs(1, dashboard=0)
-        state = json.loads(get(dashboard().replace("/?", "/api/state?"))[1])
+        [pid] = addprocs(1, dashboard=value)
+        [url] = re.findall(r"pydist dashboard: (\S+)", capsys.readouterr().err)
+        state = json.loads(get(url.replace("/?", "/api/state?"))[1])
         assert pid in {row["id"] for row in state["workers"]}
+        assert dashboard() == url                  # one dashboard per master
     finally:
         stop_dashboard()
 
