@@ -12,11 +12,13 @@ the whole life of the cluster and proves nothing about the cookie to whoever see
 Threads: `pydist-dashboard` runs the event loop; the sampler's thread hands each update to it
 with `call_soon_threadsafe`, and every connected browser has a bounded queue: one that falls
 that far behind is disconnected (it reconnects and gets the whole state again).
+`pydist-dashboard-status` answers /api/status, which waits for the workers, off the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hmac
 import json
 import logging
@@ -75,7 +77,8 @@ class _State(_Authorized):
 class _Status(_Authorized):
     async def get(self):
         # cluster_status waits for the workers' answers: not on the event loop's thread
-        answer = await asyncio.get_running_loop().run_in_executor(None, status.snapshot)
+        answer = await asyncio.get_running_loop().run_in_executor(self.server.status_thread,
+                                                                  status.snapshot)
         self.finish(answer)
 
 
@@ -134,6 +137,7 @@ class DashboardServer:
         self.port = sockets[0].getsockname()[1]
         self.host = host
         self.streams: set[asyncio.Queue] = set()      # one per browser; only the loop's thread
+        self.status_thread = concurrent.futures.ThreadPoolExecutor(1, "pydist-dashboard-status")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._http: tornado.httpserver.HTTPServer | None = None
         ready = threading.Event()
@@ -178,3 +182,4 @@ class DashboardServer:
                 log.warning("pydist: the dashboard did not close its connections: %r", err)
             self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(status.STATUS_TIMEOUT)
+        self.status_thread.shutdown(wait=False)
