@@ -40,7 +40,7 @@ from .process import (cluster_cookie, myid, nprocs, nworkers, procs, worker_id_f
 from .refs import (RRID, Future, RemoteChannel, channel_from_id, fetch, isready, put,
                    remoteref_id, take, wait)
 from .worker import init_worker, process_messages, start_worker
-from . import status as _status       # every master answers `pydist status` (an addprocs hook)
+from . import status  # noqa: F401  (its addprocs hook: every master answers `pydist status`)
 from .web import dashboard, performance_report
 
 __version__ = "0.1.0"

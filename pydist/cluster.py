@@ -52,11 +52,10 @@ from .worker import parse_address
 
 log = logging.getLogger("pydist")
 
-# Keywords addprocs accepts besides default_addprocs_params() and a manager's own `params`.
-_MANAGER_KEYWORDS = {"restrict": True, "tunnel": False, "multiplex": False, "sshflags": [],
-                     "max_parallel": 10, "shell": "posix", "worker_timeout": None, "tls": None,
-                     "heartbeat_timeout": None, "restart": False, "memory_limit": None,
-                     "dashboard": False}
+# Keywords addprocs accepts for every manager besides default_addprocs_params(); a manager
+# declares its own (LocalManager's restrict, SSHManager's tunnel, ...) in its `params`.
+_MANAGER_KEYWORDS = {"worker_timeout": None, "tls": None, "heartbeat_timeout": None, "restart": False,
+                     "memory_limit": None, "dashboard": False}
 
 # restart=True replaces at most this many workers of one addprocs call: enough for a long
 # run's occasional crashes, while a worker that dies at every start gives up soon.
@@ -229,8 +228,8 @@ def _params_for(manager: ClusterManager, kwargs: dict) -> dict:
     params = {**default_addprocs_params(), **_MANAGER_KEYWORDS, **getattr(manager, "params", {})}
     unknown = sorted(set(kwargs) - set(params))
     if unknown:
-        raise TypeError(f"addprocs() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
-                        f"it accepts {', '.join(sorted(params))}")
+        raise TypeError(f"addprocs() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}: "
+                        f"{type(manager).__name__} does not take them; it accepts {', '.join(sorted(params))}")
     params.update(kwargs)
     if isinstance(params["exeflags"], str):
         params["exeflags"] = shlex.split(params["exeflags"])
@@ -256,8 +255,12 @@ def _restart_group(manager: ClusterManager, params: dict, kwargs: dict) -> _Rest
     else:
         raise ValueError(f"restart must be True, False, 'on-failure' or a number of restarts, "
                          f"not {restart!r}")
-    if type(manager).replacement is ClusterManager.replacement:
-        manager.replacement(WorkerConfig())          # raises the manager's own explanation
+    try:                 # a manager that cannot replace workers says why now, not at a death
+        manager.replacement(WorkerConfig())
+    except TypeError:
+        raise
+    except Exception:
+        pass             # it needs a real worker's config: it can replace, it just cannot tell
     return _RestartGroup(dict(kwargs), limit)
 
 

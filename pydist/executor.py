@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
-import functools
 import itertools
 import threading
 import time

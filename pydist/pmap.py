@@ -43,6 +43,12 @@ FIRST_PIPELINE = 4
 DEEP_PIPELINE = 16
 SHALLOW_PIPELINE = 2
 QUICK_BATCH = 0.001
+# Consecutive batches merge into one call while the worker answers an element every
+# QUICK_ELEMENT seconds or faster, doubling up to the size batch_size="auto" would
+# pick: tiny functions then cost one message per many elements, as with batch_size="auto",
+# while anything slower keeps one call per batch. Results, order, on_error and retries stay
+# per element; with one call at a time per worker, queued calls ran in the same order anyway.
+QUICK_ELEMENT = 50e-6
 # A driver returns its worker to the pool after this many batches, letting other users in.
 LEASE_BATCHES = 256
 # batch_size="auto" aims at this many batches per worker (load balance vs. per-call cost).
@@ -133,6 +139,7 @@ class _Run:
         self.cond = threading.Condition(self.lock)   # (`with self.lock`: cheaper than the Condition's)
         self.count_lock = threading.Lock()   # guards remaining (taken per answer, apart from the drivers)
         self.columns, self.batch_size, self.next_start = columns, batch_size, 0
+        self.merge_limit = 1                 # batches merged into one call at most (run)
         self.retries: collections.deque[_Batch] = collections.deque()
         self.remaining = n
         self.error: BaseException | None = None
@@ -147,6 +154,9 @@ class _Run:
     # -- the caller's thread -----------------------------------------------------------------
     def run(self, width: int) -> list:
         started = 0
+        if not self.local:
+            auto = math.ceil(len(self.results) / (width * AUTO_BATCHES_PER_WORKER))
+            self.merge_limit = max(1, auto // self.batch_size)
         try:
             with self.lock:
                 while self.remaining and self.error is None:
@@ -185,15 +195,15 @@ class _Run:
     def _has_work(self) -> bool:
         return self.next_start < len(self.results) or bool(self.retries)
 
-    def _next_batch(self) -> _Batch | None:
-        """The next batch to send (made now: a million elements are not a million objects
-        up front), then the elements waiting for a retry."""
+    def _next_batch(self, merged: int = 1) -> _Batch | None:
+        """The next batch to send, `merged` batches as one (made now: a million elements
+        are not a million objects up front), then the elements waiting for a retry."""
         with self.lock:
             if self.error is not None:
                 return None
             start = self.next_start
             if start < len(self.results):
-                self.next_start = end = start + self.batch_size
+                self.next_start = end = start + self.batch_size * merged
                 columns = self.columns
                 if len(columns) == 1:
                     return _Batch(start, (columns[0][start:end],))
@@ -339,10 +349,12 @@ class _Lease:
     def __init__(self, run: _Run, pid: int):
         self.run_, self.pid = run, pid
         self.lanes = [new_lane() for _ in range(run.per_worker)]
-        self.lock = threading.Lock()         # guards in_flight, depth, waiting
+        self.lock = threading.Lock()         # guards in_flight, depth, merged, waiting
         self.cond = threading.Condition(self.lock)
         self.in_flight = 0
         self.depth = FIRST_PIPELINE
+        self.merged = 1               # batches per call now (QUICK_ELEMENT)
+        self.answered_at = 0.0        # when the last answer came
         self.waiting = False          # the driver sleeps until in_flight <= depth // 2
 
     def run(self) -> None:
@@ -353,10 +365,10 @@ class _Lease:
                     self.waiting = True
                     self.cond.wait(WAKE_SECONDS)
                 self.waiting = False
-                room = self.depth - self.in_flight
+                room, merged = self.depth - self.in_flight, self.merged
             batches = []
             while len(batches) < room and sent < LEASE_BATCHES and pid not in STATE.dead:
-                batch = run._next_batch()
+                batch = run._next_batch(merged)
                 if batch is None:
                     break
                 batches.append(batch)
@@ -384,10 +396,16 @@ class _Lease:
             self.run_._collect(batch, handle)
         except BaseException as err:
             self.run_._fail(err)
-        quick = time.monotonic() - sent_at < QUICK_BATCH      # answered, queue included
+        now = time.monotonic()
+        quick = now - sent_at < QUICK_BATCH                    # answered, queue included
         with self.lock:
             self.in_flight -= 1
             self.depth = DEEP_PIPELINE if quick else SHALLOW_PIPELINE
+            gap, self.answered_at = now - max(self.answered_at, sent_at), now   # the worker's pace
+            if gap < QUICK_ELEMENT * len(batch):
+                self.merged = min(self.merged * 2, self.run_.merge_limit)
+            else:
+                self.merged = 1
             if self.waiting and (self.in_flight <= self.depth // 2 or not self.in_flight):
                 self.waiting = False          # one wake-up is enough
                 self.cond.notify()
@@ -413,11 +431,14 @@ def pmap(func: Callable, *iterables: Iterable, pool: AbstractWorkerPool | None =
          progress: bool = False, per_worker: int = 1) -> list:
     """Map `func` over the iterables on the pool's workers; results in order (Julia: pmap).
 
-    batch_size: elements per remote call (an int, or "auto"). distributed=False runs on
-    local threads. on_error(exc) runs on the worker and its return value replaces a failed
-    element's result; otherwise a failure is retried after each of `retry_delays` while
-    retry_check(state, exc) -> (state, retry) allows it; the first unhandled failure stops
-    the pmap and is raised (RemoteException, or ProcessExitedException for a worker that
+    batch_size: elements per remote call (an int, or "auto"). While the function is tiny
+    (the worker answers an element every 50 µs or faster) consecutive batches travel merged
+    into one call, up to the size "auto" would pick, so the default batch_size=1 costs about
+    what batch_size="auto" does for them; each element still has its own result, on_error and
+    retries, in order. distributed=False runs on local threads. on_error(exc) runs on the worker
+    and its return value replaces a failed element's result; otherwise a failure is retried
+    after each of `retry_delays` while retry_check(state, exc) -> (state, retry) allows it; the
+    first unhandled failure stops the pmap and is raised (RemoteException, or ProcessExitedException for a worker that
     died a second time). A batch whose worker died is run once more, on another worker,
     before any of that applies. progress=True shows a progress bar with rate and ETA.
 

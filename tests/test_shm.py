@@ -81,7 +81,7 @@ def test_memory_is_reused_once_the_receiver_drops_it(shared):
 
 
 def _stopped_receiver_script(directory):
-    return textwrap.dedent(f"""
+    return textwrap.dedent("""
         import os, signal, sys, time
         import numpy as np
         from pydist import addprocs, remote_do, remotecall_fetch
@@ -104,7 +104,8 @@ def test_no_arena_is_left_when_the_master_is_killed(tmp_path):
     try:
         cluster, ospid = proc.stdout.readline().split()
         assert proc.stdout.readline().strip() == "sent"
-        names = lambda: [f for f in os.listdir(settings.SHM_DIR) if f.startswith(f"pydist-{cluster}-")]
+        def names():
+            return [f for f in os.listdir(settings.SHM_DIR) if f.startswith(f"pydist-{cluster}-")]
         assert names(), "the arena should wait for its receiver"
         proc.kill()
         proc.wait()
@@ -166,7 +167,7 @@ def test_a_place_the_peer_may_not_send_is_refused(tmp_path):
 
 
 def _shares_memory_with(peer):
-    from pydist.process import STATE, get_link
+    from pydist.process import get_link
     return get_link(peer).segments is not None
 
 
