@@ -31,7 +31,7 @@ from .messages import NO_RRID, Kind, Mode
 from .process import STATE, internal, myid, result, send_call, workers
 from .refs import RRID, Future, _Failed, _lookup, _refs, expect_push, fetch, store_outcome
 from .serialize import dumps, dumps_small, loads
-from .transport import release_reading
+from .threads import release_reading
 
 log = logging.getLogger("pydist")
 
