@@ -71,7 +71,7 @@ FORK_SERVER = _flag("PYDIST_FORK_SERVER", True)
 # cheaper than creating and mapping a file (the crossover measured by bench/ is in
 # docs/performance.md). PYDIST_SHM=0 turns it off; SHM_DIR is the file system used (tmpfs).
 SHM = _flag("PYDIST_SHM", True)
-SHM_BYTES = _int("PYDIST_SHM_BYTES", 1 << 20)
+SHM_BYTES = _int("PYDIST_SHM_BYTES", 512 << 10)
 SHM_DIR = os.environ.get("PYDIST_SHM_DIR", "/dev/shm")
 
 # Every master answers `pydist status` on a 0600 Unix socket in ~/.pydist from its first
