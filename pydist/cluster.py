@@ -53,7 +53,7 @@ log = logging.getLogger("pydist")
 # Keywords addprocs accepts for every manager besides default_addprocs_params(); a manager
 # declares its own (LocalManager's restrict, SSHManager's tunnel, ...) in its `params`.
 _MANAGER_KEYWORDS = {"worker_timeout": None, "tls": None, "heartbeat_timeout": None, "restart": False,
-                     "memory_limit": None}
+                     "memory_limit": None, "dashboard": False}
 
 # restart=True replaces at most this many workers of one addprocs call: enough for a long
 # run's occasional crashes, while a worker that dies at every start gives up soon.
@@ -99,6 +99,7 @@ def addprocs(spec: Any = None, **kwargs) -> list[int]:
     `addprocs(n)` starts n local workers, `addprocs(["host", "user@host:22", ("host", 4)])`
     SSH workers, `addprocs(manager)` whatever that ClusterManager launches.  Keywords are
     those of default_addprocs_params() plus the manager's own; others raise TypeError.
+    `dashboard=True` (or a port) also serves the web dashboard (pydist.web.dashboard).
     Raises LaunchError when some workers could not start (`.added` lists those that did)."""
     if myid() != 1:
         raise RuntimeError(f"addprocs can only be called on process 1, not on process {myid()}")
@@ -120,6 +121,10 @@ def _add(manager: ClusterManager, params: dict, group: _RestartGroup | None) -> 
         _sync_members()
         for hook in _added_hooks:
             hook(added)
+    port = params["dashboard"]                   # True, or a port (0: any free one)
+    if port is not False and port is not None:
+        from .web import dashboard
+        dashboard(port=None if port is True else port)
     if failures:
         raise LaunchError(failures, added)
     return added

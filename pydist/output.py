@@ -22,6 +22,7 @@ of the interpreter) bypasses sys.stderr: it arrives unmarked, on the master's st
 from __future__ import annotations
 
 import atexit
+import collections
 import io
 import os
 import queue
@@ -175,6 +176,8 @@ def forward_over_link(send_lines: Callable[[list[str]], None]) -> Callable[[list
 # -- master side ------------------------------------------------------------------------------------
 _print_lock = threading.Lock()      # one relayed line at a time on the master's stdout and stderr
 relay_write: Callable[..., None] | None = None   # tqdm.write while pmap shows a progress bar
+# The last lines relayed, (time, pid, line), for the dashboard; deque.append is atomic.
+recent_output: collections.deque[tuple[float, int | None, str]] = collections.deque(maxlen=500)
 
 
 def relay_output(pid: int | None, line: str) -> None:
@@ -183,6 +186,7 @@ def relay_output(pid: int | None, line: str) -> None:
     to_stderr = line.startswith(STDERR_MARK)
     if to_stderr:
         line = line[len(STDERR_MARK):]
+    recent_output.append((time.time(), pid, line))
     text = f"      From worker {pid if pid is not None else '?'}:\t{line}"
     stream = sys.stderr if to_stderr else sys.stdout
     writer = relay_write
