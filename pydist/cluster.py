@@ -388,7 +388,8 @@ def _setup_one(manager, config: WorkerConfig, params: dict, group: _RestartGroup
             STATE.cond.notify_all()
         if relay is not None:
             relay.pid = pid
-        share_memory(link)
+        info = STATE.members.get(pid)
+        share_memory(link, info.shm if info is not None else "")
         link.start(f"pydist-reader-{pid}")
         start_heartbeat()
         manager.manage(pid, config, "register")

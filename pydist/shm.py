@@ -60,8 +60,8 @@ _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)    # map every page at once, no
 
 
 def host_identity(directory: str | None = None) -> str:
-    """What two processes must share to exchange buffers this way: this boot, and the same
-    file system at the arena directory. "" when there is none (no /dev/shm, not Linux)."""
+    """What two processes must share to exchange buffers this way: this boot, the same file
+    system at the arena directory, and the user. "" when there is none (not Linux)."""
     directory = directory or settings.SHM_DIR
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
@@ -69,7 +69,7 @@ def host_identity(directory: str | None = None) -> str:
         st = os.stat(directory)
     except OSError:
         return ""
-    return f"{boot}:{st.st_dev}:{st.st_ino}"
+    return f"{boot}:{st.st_dev}:{st.st_ino}:{os.geteuid()}"     # another user cannot open ours
 
 
 class _Arena:

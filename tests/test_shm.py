@@ -176,6 +176,23 @@ def test_workers_on_one_host_share_memory_with_each_other(shared):
     assert remotecall_fetch(_shares_memory_with, a, b) and remotecall_fetch(_shares_memory_with, b, a)
 
 
+def test_links_made_while_workers_join_agree_on_shared_memory(monkeypatch):
+    """lazy=False: a joining worker dials peers that do not know it yet; both ends of each
+    link still agree, and a large array crosses it."""
+    monkeypatch.setattr(settings, "SHM_BYTES", 1)
+    remove_all_workers()
+    try:
+        a, b, c = addprocs(3, lazy=False, env=EVERYTHING)
+        array = np.arange(2 << 20, dtype=np.float64)
+        for x, y in ((c, a), (a, c), (b, a), (c, b)):
+            assert remotecall_fetch(_shares_memory_with, x, y)
+            size, again = remotecall_fetch(lambda arr, peer: remotecall_fetch(_size_and_echo, peer, arr),
+                                           x, array, y)
+            assert size == array.nbytes and np.array_equal(again, array)
+    finally:
+        remove_all_workers()
+
+
 def _arenas_received():
     from pydist.process import STATE
     return len(STATE.links[1].segments.received)
