@@ -207,3 +207,21 @@ def test_idle_arenas_past_the_keep_limit_are_given_back(shared, monkeypatch):
     wait_until(lambda: not segments.arenas, 10, "the idle arenas to be dropped")
     wait_until(lambda: remotecall_fetch(_arenas_received, shared[0]) == 0, 10,
                "the worker to close its descriptors")
+
+
+def _hold_result(n):
+    return np.ones(n, dtype=np.uint8)
+
+
+def test_arrays_the_master_keeps_do_not_count_against_a_workers_memory_limit(monkeypatch):
+    """Results sent back through shared memory stay in the worker's arena while the master
+    holds them: the limit counts the worker's own heap only."""
+    monkeypatch.setattr(settings, "SHM_BYTES", 1)
+    remove_all_workers()
+    try:
+        [w] = addprocs(1, memory_limit="200MB")
+        kept = [remotecall_fetch(_hold_result, w, 60 << 20) for _ in range(5)]   # 300 MB in all
+        assert sum(a.nbytes for a in kept) > 200 << 20
+        assert remotecall_fetch(_hold_result, w, 10).sum() == 10     # still alive
+    finally:
+        remove_all_workers()
