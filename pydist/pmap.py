@@ -12,7 +12,7 @@ Stopping.  When the caller's wait ends with an exception (Ctrl-C's KeyboardInter
 any BaseException), the pmap cancels its lanes on every worker it uses: queued batches never
 start, running ones get a KeyboardInterrupt, and the caller waits up to CANCEL_SECONDS for
 the workers to be back in the pool before it re-raises, so the next call starts on idle
-workers.
+workers. The first unhandled failure of an element stops the others the same way.
 """
 
 from __future__ import annotations
@@ -168,6 +168,10 @@ class _Run:
                         threading.Thread(target=self._drive, name=f"pydist-pmap-{started}",
                                          daemon=True).start()
                     self.cond.wait()
+                failed = self.error is not None
+            if failed:                      # the first unhandled failure stops the rest
+                self._cancel(self.error)
+            with self.lock:
                 while self.drivers:
                     self.cond.wait()
         except BaseException as err:        # Ctrl-C, say: nothing of this pmap goes on

@@ -297,6 +297,7 @@ def _owner_cancel(rrid: RRID, interrupt: bool) -> bool:
     """Cancel the Future rrid here on its owner: if its call has not started (or there is no
     call), it becomes cancelled; a running call only with `interrupt`, which raises
     KeyboardInterrupt in it. True if the Future is (now) cancelled."""
+    from .calls import interrupt_threads     # calls.py sits above this module
     rv = _lookup(rrid)            # asked by a holder: made now if nothing used it yet
     with _refs_lock:
         if rv.is_set:
@@ -306,12 +307,11 @@ def _owner_cancel(rrid: RRID, interrupt: bool) -> bool:
             if running and not interrupt:
                 return False
             rv.is_set = True
+            if running:           # under the lock: its thread cannot store an outcome and
+                interrupt_threads({running})     # move on to another call meanwhile
     if running is None:                     # already finished: cancelled only if it was
         return rv.store.isready() and _is_cancelled(rv.store.fetch())
     rv.store.put(_Failed(_cancelled_error()))
-    if running:
-        from .calls import interrupt_threads     # calls.py sits above this module
-        interrupt_threads({running})
     return True
 
 
