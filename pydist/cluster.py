@@ -196,8 +196,11 @@ def _add(manager: ClusterManager, params: dict, group: _RestartGroup | None) -> 
         _ensure_master_setup()
         added, failures = _launch_and_setup(manager, params, group)
         _sync_members()
-        for hook in _added_hooks:
-            hook(added)
+        for hook in _added_hooks:         # the workers are in: a hook's failure is logged,
+            try:                          # never raised after they joined
+                hook(added)
+            except Exception:
+                log.exception("pydist: setting up workers %s after they joined failed", added)
     port = params["dashboard"]                   # True, or a port (0: any free one)
     if port is not False and port is not None:
         from .web import dashboard

@@ -541,9 +541,11 @@ class DistributedTask:
     def __init__(self, futures: list):
         self.futures = futures
 
-    def wait(self) -> "DistributedTask":
+    def wait(self, timeout: float | None = None) -> "DistributedTask":
+        """Wait for every chunk; TimeoutError if they are not all done within `timeout` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         for fut in self.futures:
-            fut.wait()
+            fut.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return self
 
     def isready(self) -> bool:
@@ -551,8 +553,8 @@ class DistributedTask:
 
     done = isready
 
-    def fetch(self) -> None:
-        self.wait()
+    def fetch(self, timeout: float | None = None) -> None:
+        self.wait(timeout)
 
 
 def distributed(func: Callable, iterable: Iterable, reducer: Callable | None = None):

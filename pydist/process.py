@@ -421,6 +421,9 @@ def result(reply, timeout: float | None = None) -> object:
 
     TimeoutError after `timeout` seconds; the call goes on, and its late answer is dropped."""
     if not reply.wait(timeout):
+        link = STATE.links.get(reply.pid)
+        if link is not None:
+            link.abandon(reply)
         raise TimeoutError(f"process {reply.pid} did not answer within {timeout:g} s; the call "
                            "may still be running there (interrupt() stops it)")
     if reply.error is not None:

@@ -2,10 +2,11 @@
 
 The thread `pydist-memory` (started at JOIN when a limit is set) reads the worker's resident
 anonymous memory (its heap: not the shared-memory arenas whose pages another process's
-arrays may keep alive, nor mapped files) every CHECK_SECONDS.  Past the limit the worker tells the master why, prints it on
-stderr and exits: its calls fail with ProcessExitedException naming the limit, and with
-`restart=True` a fresh worker replaces it.  The worker watches itself, so the limit works
-the same for every manager (local, SSH, containers, pods, batch jobs).
+arrays may keep alive, nor mapped files) every CHECK_SECONDS.  Past the limit the worker
+tells the master why, prints it on stderr and exits: its calls fail with
+ProcessExitedException naming the limit, and with `restart=True` a fresh worker replaces
+it.  The worker watches itself, so the limit works the same for every manager (local, SSH,
+containers, pods, batch jobs).
 """
 
 from __future__ import annotations
