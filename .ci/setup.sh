@@ -6,6 +6,7 @@
 #   python     pip install -e '.[test]' into $PYTHON (default python3)
 #   sshd       loopback sshd 127.0.0.1:2222 + the test keys (bash .ci/sshd.sh start)
 #   slurm      munge + slurmctld + slurmd, partition debug (bash .ci/slurm.sh start)
+#   sge        Grid Engine qmaster + execd, queue all.q, PE pydist (bash .ci/sge.sh start)
 #   images     pydist-base:bookworm, pydist-worker:latest, pydist-sshhost:test
 #   smoke      one check per backend (bash .ci/smoke.sh)
 # Usage: bash .ci/setup.sh [--no-smoke]      then: bash .ci/test.sh [pytest args]
@@ -84,6 +85,7 @@ phase python   pip_install
 phase python2  other_python
 phase sshd     bash "$CI_DIR/sshd.sh" start
 phase slurm    bash "$CI_DIR/slurm.sh" start
+phase sge      bash "$CI_DIR/sge.sh" start
 phase images   bash "$CI_DIR/images.sh"
 [ "$SMOKE" = 1 ] && phase smoke bash "$CI_DIR/smoke.sh"
 echo "--- set-up done; timings (s):"; cat "$WORK/timings"

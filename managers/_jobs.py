@@ -54,7 +54,9 @@ import logging
 import math
 import os
 import secrets
+import shlex
 import socket
+import subprocess
 import threading
 import time
 from typing import Any
@@ -62,7 +64,7 @@ from typing import Any
 from pydist import ClusterManager, LaunchError, WorkerConfig, cluster_cookie
 from pydist.pools import retire_workers
 
-from ._base import CommandError, host_port, refuse
+from ._base import CommandError, host_port, refuse, worker_argv, worker_env
 from .elastic import join_listener
 
 log = logging.getLogger("pydist")
@@ -128,6 +130,7 @@ class JobManager(ClusterManager):
 
     job_kind = "batch job"        # how errors name a job: "Slurm job 123"
     submit_hint = "check the option the scheduler names"    # next step after a refused job
+    pending_hint = "ask for fewer resources or less time, pick another partition=..., or raise queue_timeout"
 
     def __init__(self, *, queue_timeout: float, worker_timeout: float | None, poll_interval: float,
                  walltime_margin: float | None, join_host: str | None, join_port: int):
@@ -226,6 +229,13 @@ class JobManager(ClusterManager):
             if joined == 0:                   # also after a failure: nothing is left behind
                 _end(job, "no worker joined")
 
+    def join_argv(self, params: dict, head: str, launch_id: str) -> list[str]:
+        """The command of one worker of this launch: dial `head`, read the cookie file, give up
+        after worker_timeout (the ident is added by the job's task shell)."""
+        timeout = self.worker_timeout or params.get("worker_timeout")
+        return worker_argv(params, "--join", head, "--cookie-file", self.cookie_file(launch_id),
+                           *(["--join-timeout", f"{float(timeout):g}"] if timeout else []))
+
     def head(self, host: str, port: int) -> str:
         """The "host:port" workers dial: `join_host` if given, else the listener's address,
         else (a wildcard listener) this machine's hostname, which the nodes resolve."""
@@ -302,8 +312,7 @@ class JobManager(ClusterManager):
         why = status.reason or "the scheduler gave no reason"
         return LaunchError([(f"{self.job_kind} {job.job_id}",
                              f"stayed PENDING ({why}) for {self.queue_timeout:.0f} s and was cancelled: "
-                             "ask for fewer resources or less time, pick another partition=..., "
-                             "or raise queue_timeout")])
+                             + self.pending_hint)])
 
     def _job_of(self, ident: Any) -> _Job | None:
         with _lock:
@@ -451,6 +460,40 @@ def write_secret(path: str, text: str) -> None:
     except BaseException:
         _remove(partial)
         raise
+
+
+def export_lines(params: dict) -> list[str]:
+    """`export NAME=value` lines for a job script: the workers' environment (never the cookie)."""
+    lines = []
+    for name, value in worker_env(params).items():
+        if not name.isidentifier():
+            raise ValueError(f"env: {name!r} is not a valid environment variable name")
+        lines.append(f"export {name}={shlex.quote(value)}")
+    return lines
+
+
+def stop_processes(processes: list[subprocess.Popen], timeout: float = 30.0) -> None:
+    """SIGTERM each launcher process (srun, qrsh -inherit: it ends its remote tasks), wait for
+    it up to `timeout` seconds, then SIGKILL."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def output_tail(path: str) -> str:
+    """The last OUTPUT_TAIL_LINES lines of a job's output file, under its path ("" if none)."""
+    try:
+        with open(path, errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ""
+    return "\n".join([f"({path})", *lines[-OUTPUT_TAIL_LINES:]]) if lines else ""
 
 
 def _remove(path: str | None) -> None:

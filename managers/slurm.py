@@ -40,8 +40,8 @@ from typing import NamedTuple, Sequence
 
 from pydist import default_addprocs_params
 
-from ._base import CommandError, run, worker_argv, worker_env
-from ._jobs import OUTPUT_TAIL_LINES, JobManager, JobState, JobStatus
+from ._base import CommandError, run
+from ._jobs import JobManager, JobState, JobStatus, export_lines as _exports, output_tail, stop_processes
 
 # squeue states in which the job has its resources and its tasks run (CONFIGURING: nodes
 # still booting, so the launch timer has not started yet).
@@ -133,9 +133,7 @@ class SlurmManager(JobManager):
 
     def build_spec(self, n: int, params: dict, head: str, launch_id: str) -> str | SrunStep:
         """A batch script for `n` workers dialing `head`, or inside an allocation an SrunStep."""
-        timeout = self.worker_timeout or params.get("worker_timeout")
-        argv = worker_argv(params, "--join", head, "--cookie-file", self.cookie_file(launch_id),
-                           *(["--join-timeout", f"{float(timeout):g}"] if timeout else []))
+        argv = self.join_argv(params, head, launch_id)
         if self.in_allocation:
             return self._srun_step(n, params, argv, launch_id)
         options = {"job-name": self.job_name, "ntasks": n, "time": self.time,
@@ -217,41 +215,17 @@ class SlurmManager(JobManager):
         with _steps_lock:
             steps = [_steps.pop(key)[0] for key in job_ids if key in _steps]
         batch = [j for j in job_ids if not _is_step(j)]
-        for process in steps:      # SIGTERM to srun cancels its step (all its tasks)
-            if process.poll() is None:
-                process.terminate()
-            try:
-                process.wait(COMMAND_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(steps, COMMAND_TIMEOUT)      # SIGTERM to srun cancels its step
         if batch:
             run(["scancel", *batch], timeout=COMMAND_TIMEOUT)
 
     def output_tail(self, job_id: str) -> str:
-        name = f"pydist-{job_id}.out"
-        path = os.path.join(self.output_dir, name)
-        try:
-            with open(path, errors="replace") as f:
-                lines = f.read().splitlines()
-        except OSError:
-            return ""
-        return "\n".join([f"({path})", *lines[-OUTPUT_TAIL_LINES:]]) if lines else ""
+        return output_tail(os.path.join(self.output_dir, f"pydist-{job_id}.out"))
 
 
 def _is_step(job_id: str) -> bool:
     """Step keys are `<allocation>.<launch>`; sbatch ids have no dot."""
     return "." in job_id
-
-
-def _exports(params: dict) -> list[str]:
-    """`export NAME=value` lines for the workers' environment (never the cookie)."""
-    lines = []
-    for name, value in worker_env(params).items():
-        if not name.isidentifier():
-            raise ValueError(f"env: {name!r} is not a valid environment variable name")
-        lines.append(f"export {name}={shlex.quote(value)}")
-    return lines
 
 
 def _squeue(job_ids: list[str]) -> dict[str, JobStatus]:

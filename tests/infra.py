@@ -102,6 +102,15 @@ def slurm_running(partition: str = SLURM_PARTITION) -> bool:
     return any(s in ("idle", "mix", "alloc", "comp") for s in r.stdout.split())
 
 
+def sge_running() -> bool:
+    """sge_qmaster answers and this host's sge_execd reports load (.ci/sge.sh)."""
+    r = _run(["qhost", "-h", socket.gethostname()], timeout=10)
+    if r is None or r.returncode != 0:
+        return False
+    return any(line.split()[0] == socket.gethostname() and line.split()[6] != "-"
+               for line in r.stdout.splitlines()[3:] if len(line.split()) > 6)
+
+
 def require(condition: bool, what: str) -> None:
     """Skip the test when ``condition`` is false, naming ``what`` is missing;
     in CI (``CI=true``) fail it instead: there the set-up must provide it."""

@@ -1,0 +1,283 @@
+"""SGEManager and the deploy/sge scripts, on a real Grid Engine (.ci/sge.sh: qmaster and execd on
+this host, queue all.q, parallel environment "pydist").
+
+The job_script() tests need no Grid Engine.  The others carry @pytest.mark.sge; each submits
+jobs under a job name of its own and its teardown deletes whatever is left under that name,
+waits until qstat no longer lists it, and checks that no cookie file is left behind.
+Workers dial 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import stat
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from conftest import wait_until
+from infra import require, sge_running      # tests/ is on sys.path (no tests/__init__.py)
+
+from pydist import (LaunchError, addprocs, cluster_cookie, default_addprocs_params, myid, pmap, remotecall,
+                    remotecall_fetch, rmprocs, workers)
+from pydist.managers import SGEManager
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy" / "sge"
+QSTAT_PERIOD = 0.5      # how often the tests' own waits ask qstat
+PE = "pydist"           # the parallel environment .ci/sge.sh makes
+
+
+def wait_for(condition, timeout: float, what: str):
+    return wait_until(condition, timeout, what, QSTAT_PERIOD)
+
+
+def qstat_ids(job_name: str) -> list[str]:
+    """Ids of this user's jobs named `job_name` that qmaster still lists (any state)."""
+    out = subprocess.run(["qstat", "-xml"], capture_output=True, text=True, timeout=30, check=True).stdout
+    return sorted({e.findtext("JB_job_number") for e in ET.fromstring(out).iter("job_list")
+                   if e.findtext("JB_name") == job_name})
+
+
+def remove_workers() -> None:
+    ids = [p for p in workers() if p != 1]
+    if ids:
+        rmprocs(*ids, waitfor=30)
+
+
+# -- job_script(): no Grid Engine needed -----------------------------------------------------
+@pytest.mark.parametrize("options, line", [
+    ({"queue": "short.q"}, "#$ -q short.q"),
+    ({"project": "proj42"}, "#$ -P proj42"),
+    ({"walltime": "00:10:00"}, "#$ -l h_rt=00:10:00"),
+    ({"resource_spec": "h_vmem=4G"}, "#$ -l h_vmem=4G"),
+    ({"job_name": "sweep"}, "#$ -N sweep"),
+    ({"qsub_args": ["-pe smp 4", "-R y"]}, "#$ -pe smp 4"),
+    ({"prologue": ["module load python/3.11"]}, "module load python/3.11"),
+])
+def test_job_script_carries_each_option(options, line):
+    assert line in SGEManager(n=2, **options).job_script().splitlines()
+
+
+def test_job_script_is_one_array_job_of_n_workers_that_join_the_master(tmp_path):
+    lines = SGEManager(n=3, output_dir=str(tmp_path)).job_script(head="login1:4242").splitlines()
+    assert lines[0] == "#!/bin/sh"
+    assert "#$ -t 1-3" in lines
+    assert f"#$ -o {tmp_path}/pydist-$JOB_ID.out" in lines
+    [worker] = [ln for ln in lines if "pydist.worker" in ln]
+    assert f"{sys.executable} -m pydist.worker --join login1:4242 --cookie-file {tmp_path}/" in worker
+    assert worker.endswith('--ident "$JOB_ID.$((SGE_TASK_ID - 1))"')
+
+
+def test_job_script_runs_the_prologue_and_exports_before_the_worker():
+    params = {**default_addprocs_params(), "env": {"MY_SETTING": "a b"}}
+    lines = SGEManager(n=1, prologue=["echo hi"]).job_script(params=params).splitlines()
+    worker = next(i for i, ln in enumerate(lines) if "pydist.worker" in ln)
+    assert lines.index("echo hi") < worker and lines.index("export MY_SETTING='a b'") < worker
+
+
+def test_job_script_never_contains_the_cookie():
+    script = SGEManager(n=2).job_script()
+    assert cluster_cookie() not in script and "--cookie-file" in script
+
+
+def test_inside_a_parallel_job_one_qrsh_inherit_per_slot(monkeypatch, tmp_path):
+    hostfile = tmp_path / "pe_hostfile"
+    hostfile.write_text("node1 2 all.q@node1 UNDEFINED\nnode2 1 all.q@node2 UNDEFINED\n")
+    monkeypatch.setenv("PE_HOSTFILE", str(hostfile))
+    monkeypatch.setenv("NSLOTS", "3")
+    monkeypatch.setenv("JOB_ID", "77")
+    commands = SGEManager().job_script().splitlines()
+    assert [c.split()[:4] for c in commands] == [["qrsh", "-inherit", "-nostdin", h]
+                                                 for h in ("node1", "node1", "node2")]
+    assert [c.count(f"--ident 77.LAUNCH.{t}") for t, c in enumerate(commands)] == [1, 1, 1]
+
+
+def test_sge_manager_without_n_outside_a_parallel_job_says_what_to_pass(monkeypatch):
+    monkeypatch.delenv("PE_HOSTFILE", raising=False)
+    with pytest.raises(ValueError, match=r"SGEManager\(n=8"):
+        SGEManager()
+
+
+# -- real Grid Engine ------------------------------------------------------------------------
+@pytest.fixture
+def sge(tmp_path):
+    """A job name and output directory of this test's own; afterwards no job under that
+    name is left in qstat, no worker in the cluster and no cookie file on disk."""
+    require(sge_running(), "Grid Engine is not running (bash .ci/sge.sh start)")
+    name = f"pydist-test-{secrets.token_hex(3)}"
+    remove_workers()
+    yield name, tmp_path
+    remove_workers()
+    try:        # a job being deleted is still listed (state dr) for a moment
+        wait_for(lambda: not qstat_ids(name), 30, f"the jobs named {name} to leave qstat")
+    except AssertionError:
+        left = qstat_ids(name)
+        subprocess.run(["qdel", "-f", *left], timeout=30)
+        raise AssertionError(f"the test left Grid Engine jobs {left} behind (now deleted)") from None
+    assert not list(tmp_path.glob("*.cookie")), "a cookie file was left behind"
+
+
+def manager(sge, **options) -> SGEManager:
+    name, tmp = sge
+    settings = dict(join_host="127.0.0.1", output_dir=str(tmp), job_name=name, walltime="00:05:00",
+                    poll_interval=0.5, queue_timeout=60, worker_timeout=30)
+    return SGEManager(**{**settings, **options})
+
+
+@pytest.mark.sge
+def test_sge_workers_compute_call_each_other_and_rmprocs_deletes_the_job(sge):
+    name, tmp = sge
+    ids = addprocs(manager(sge, n=2))
+    assert len(ids) == 2 and workers() == ids
+    [job] = qstat_ids(name)
+    cookie = next(tmp.glob("*.cookie"))
+    assert stat.S_IMODE(cookie.stat().st_mode) == 0o600
+    assert pmap(lambda x: x * x, range(8)) == [x * x for x in range(8)]
+    tasks = sorted(remotecall_fetch(lambda: (os.environ["JOB_ID"], os.environ["SGE_TASK_ID"]), p) for p in ids)
+    assert tasks == [(job, "1"), (job, "2")]
+    assert remotecall_fetch(lambda peer: remotecall_fetch(myid, peer), ids[0], ids[1]) == ids[1]
+    rmprocs(*ids).wait(30)
+    wait_for(lambda: not qstat_ids(name), 30, f"job {job} to leave qstat after rmprocs")
+    assert not cookie.exists()
+
+
+@pytest.mark.sge
+def test_sge_job_outlives_a_removed_worker_until_the_last_one_goes(sge):
+    name, _tmp = sge
+    first, second = addprocs(manager(sge, n=2))
+    rmprocs(first).wait(30)
+    assert remotecall_fetch(myid, second) == second       # its task still runs
+    assert qstat_ids(name)
+    rmprocs(second).wait(30)
+    wait_for(lambda: not qstat_ids(name), 30, "the job to leave qstat after its last worker")
+
+
+MASTER = """
+import os, signal, sys
+from pydist import addprocs
+from pydist.managers import SGEManager
+addprocs(SGEManager(n=1, join_host="127.0.0.1", output_dir=sys.argv[2], job_name=sys.argv[3],
+                    walltime="00:05:00", poll_interval=0.5, queue_timeout=60, worker_timeout=30))
+print("ready", flush=True)
+if sys.argv[1] == "sigkill":
+    os.kill(os.getpid(), signal.SIGKILL)      # no atexit: the workers notice the lost link
+"""
+
+
+@pytest.mark.sge
+@pytest.mark.parametrize("how", ["exit", "sigkill"])
+def test_sge_job_ends_within_30_s_when_the_master_exits(sge, how):
+    name, tmp = sge
+    master = subprocess.run([sys.executable, "-c", MASTER, how, str(tmp), name], capture_output=True,
+                            text=True, timeout=90)
+    assert "ready" in master.stdout, master.stderr
+    wait_for(lambda: not qstat_ids(name), 30, f"the job to end after the master's {how}")
+    wait_for(lambda: not list(tmp.glob("*.cookie")), 5, "the job's cookie file to be removed")
+
+
+DRIVER = """
+import json, os, sys
+from pydist import addprocs, myid, pmap, remotecall_fetch, rmprocs
+from pydist.managers import SGEManager
+ids = addprocs(SGEManager(join_host="127.0.0.1", output_dir=sys.argv[2], poll_interval=0.5))
+result = {"ids": ids, "squares": pmap(lambda x: x * x, range(6)),
+          "jobs": [remotecall_fetch(lambda: os.environ["JOB_ID"], p) for p in ids],
+          "peer": remotecall_fetch(lambda p: remotecall_fetch(myid, p), ids[0], ids[-1]),
+          "master_job": os.environ["JOB_ID"]}
+rmprocs(*ids).wait(30)
+with open(sys.argv[1], "w") as f:
+    json.dump(result, f)
+"""
+
+
+@pytest.mark.sge
+def test_sge_manager_inside_a_parallel_job_starts_one_worker_per_slot(sge):
+    name, tmp = sge
+    (tmp / "driver.py").write_text(DRIVER)
+    result = tmp / "result.json"
+    job = subprocess.run(
+        ["qsub", "-terse", "-pe", PE, "2", "-N", name, "-o", f"{tmp}/driver-$JOB_ID.out",
+         str(DEPLOY / "driver.sh"), str(tmp / "driver.py"), str(result), str(tmp)],
+        env={**os.environ, "PYDIST_PYTHON": sys.executable}, capture_output=True, text=True,
+        timeout=30, check=True).stdout.strip()
+    wait_for(lambda: not qstat_ids(name), 60, f"driver job {job} to finish")
+    output = "".join(p.read_text() for p in tmp.glob("*.out"))
+    assert result.exists(), f"the driver wrote no result; its output:\n{output}"
+    got = json.loads(result.read_text())
+    assert got["ids"] == [2, 3] and got["peer"] == 3
+    assert got["squares"] == [0, 1, 4, 9, 16, 25]
+    assert got["jobs"] == [job, job] == [got["master_job"]] * 2
+
+
+@pytest.mark.sge
+def test_worker_array_joins_an_elastic_master(sge):
+    from pydist.managers.elastic import ElasticManager
+    name, tmp = sge
+    elastic = ElasticManager(n=2, host="127.0.0.1", port=0, timeout=60)
+    host, port = elastic.address
+    cookie = tmp / "elastic.cookie.txt"
+    fd = os.open(cookie, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, cluster_cookie().encode())
+    os.close(fd)
+    env = {**os.environ, "PYDIST_HEAD": f"{'127.0.0.1' if host == '0.0.0.0' else host}:{port}",
+           "PYDIST_COOKIE_FILE": str(cookie), "PYDIST_PYTHON": sys.executable}
+    job = subprocess.run(["qsub", "-terse", "-t", "1-2", "-N", name, "-o", f"{tmp}/workers.out",
+                          str(DEPLOY / "workers.sh")],
+                         env=env, capture_output=True, text=True, timeout=30, check=True).stdout
+    job = job.strip().split(".")[0]
+    ids = addprocs(elastic)
+    assert len(ids) == 2
+    tasks = sorted(remotecall_fetch(lambda: os.environ["SGE_TASK_ID"], p) for p in ids)
+    assert tasks == ["1", "2"]
+    assert remotecall_fetch(lambda: os.environ["JOB_ID"], ids[0]) == job
+    rmprocs(*ids).wait(30)
+    wait_for(lambda: not qstat_ids(name), 30, f"array job {job} to end after rmprocs")
+
+
+@pytest.mark.sge
+def test_unknown_queue_fails_with_qsubs_message(sge):
+    with pytest.raises(LaunchError, match="no-such-queue") as caught:
+        addprocs(manager(sge, n=1, queue="no-such-queue"))
+    assert caught.value.added == []
+    assert "job_script()" in str(caught.value)
+
+
+@pytest.mark.sge
+def test_job_that_never_starts_is_deleted_after_queue_timeout_with_its_state(sge):
+    name, _tmp = sge
+    with pytest.raises(LaunchError, match=r"stayed PENDING \(state hqw: qstat -j \d+ says why\) for 3 s"):
+        addprocs(manager(sge, n=1, qsub_args=["-h"], queue_timeout=3))    # -h: held, never runs
+    assert not qstat_ids(name)
+
+
+@pytest.mark.sge
+@pytest.mark.parametrize("options, addprocs_kw, shown", [
+    ({"prologue": ["echo prologue-ran", "exit 3"]}, {}, "prologue-ran"),
+    ({}, {"exename": "/nonexistent/python3"}, "/nonexistent/python3: not found"),
+])
+def test_workers_failing_at_start_show_the_tail_of_the_jobs_output(sge, options, addprocs_kw, shown):
+    name, _tmp = sge
+    with pytest.raises(LaunchError, match="before these workers joined") as caught:
+        addprocs(manager(sge, n=1, **options), **addprocs_kw)
+    assert shown in str(caught.value)
+    assert not qstat_ids(name)
+
+
+@pytest.mark.sge
+def test_workers_are_removed_walltime_margin_seconds_before_h_rt(sge, caplog):
+    name, _tmp = sge
+    caplog.set_level(logging.WARNING, logger="pydist")
+    # A 1-minute job whose margin is 55 s: its worker is removed about 5 s after it starts.
+    [pid] = addprocs(manager(sge, n=1, walltime="00:01:00", walltime_margin=55))
+    running = remotecall(lambda: (__import__("time").sleep(8), "finished")[1], pid)
+    wait_for(lambda: pid not in workers(), 40, f"worker {pid} to be removed at the walltime margin")
+    assert running.fetch() == "finished"          # the call it was running was let finish
+    wait_for(lambda: not qstat_ids(name), 30, "the job to be deleted after its worker left")
+    assert "reaches its time limit" in caplog.text
