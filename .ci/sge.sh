@@ -46,18 +46,6 @@ SLOTS=${SGE_SLOTS:-8}
 HOST=$(hostname)
 PKGS=(gridengine-master gridengine-exec gridengine-client)
 
-alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
-
-kill_pidfile() {
-  local f=$1 p
-  if alive "$f"; then
-    p=$(cat "$f"); kill "$p" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$p" 2>/dev/null || true
-  fi
-  rm -f "$f"
-}
-
 install_packages() {
   local need=() p
   for p in "${PKGS[@]}"; do

@@ -59,7 +59,7 @@ import socket
 import subprocess
 import threading
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydist import ClusterManager, LaunchError, WorkerConfig, cluster_cookie
 from pydist.pools import retire_workers
@@ -470,6 +470,57 @@ def export_lines(params: dict) -> list[str]:
             raise ValueError(f"env: {name!r} is not a valid environment variable name")
         lines.append(f"export {name}={shlex.quote(value)}")
     return lines
+
+
+# -- launches inside a job: launcher processes of this one --------------------------------------
+class LocalLaunch(NamedTuple):
+    """The spec of a launch inside a job (an allocation, a parallel job): the launcher commands
+    this process runs (one srun step; one qrsh -inherit per worker), the launch key
+    `<job id>.<launch>` that `submit` returns, and the file their output is appended to."""
+    argvs: list[list[str]]
+    key: str
+    output: str
+
+
+_launchers_lock = threading.Lock()                          # guards _launchers
+_launchers: dict[str, list[subprocess.Popen]] = {}          # launch key -> its processes
+
+
+def start_launch(launch: LocalLaunch) -> str:
+    """Start the launch's processes (a backend's `submit`); returns its key."""
+    os.makedirs(os.path.dirname(launch.output), mode=0o700, exist_ok=True)
+    processes = []
+    with open(launch.output, "ab") as output:
+        for argv in launch.argvs:
+            try:
+                processes.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=output,
+                                                  stderr=subprocess.STDOUT, start_new_session=True))
+            except FileNotFoundError as err:
+                stop_processes(processes)
+                raise CommandError(argv, 127, "", f"{argv[0]}: command not found") from err
+    with _launchers_lock:
+        _launchers[launch.key] = processes
+    return launch.key
+
+
+def launch_status(key: str, end_time: float | None) -> JobStatus:
+    """RUNNING (until `end_time`, the enclosing job's) while any of the launch's processes runs."""
+    with _launchers_lock:
+        processes = _launchers.get(key)
+    if processes is None:
+        return JobStatus(JobState.ENDED, "cancelled")
+    codes = [process.poll() for process in processes]
+    if None in codes:
+        return JobStatus(JobState.RUNNING, "", end_time)
+    return JobStatus(JobState.ENDED, f"{processes[0].args[0]} exited with code "
+                     + ", ".join(str(code) for code in codes))
+
+
+def stop_launches(keys: list[str], timeout: float = 30.0) -> None:
+    """Stop the launches among `keys` (other ids are ignored): see stop_processes."""
+    with _launchers_lock:
+        processes = [process for key in keys for process in _launchers.pop(key, [])]
+    stop_processes(processes, timeout)
 
 
 def stop_processes(processes: list[subprocess.Popen], timeout: float = 30.0) -> None:

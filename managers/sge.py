@@ -22,30 +22,18 @@ from __future__ import annotations
 import datetime
 import os
 import shlex
-import subprocess
-import threading
 import xml.etree.ElementTree as ET
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 from pydist import default_addprocs_params
 
 from ._base import CommandError, run
-from ._jobs import JobManager, JobState, JobStatus, export_lines, output_tail, stop_processes
+from ._jobs import (JobManager, JobState, JobStatus, LocalLaunch, export_lines, launch_status, output_tail,
+                    start_launch, stop_launches)
 
 COMMAND_TIMEOUT = 30.0      # qmaster answers in milliseconds; a hung one must not hang addprocs
 # qstat's state letters: E error (never starts by itself), d being deleted, r/t running.
 ENDED_LETTERS, RUNNING_LETTERS = set("Ed"), set("rt")
-
-
-class QrshLaunch(NamedTuple):
-    """The spec of a launch inside a parallel job: one `qrsh -inherit` argv per worker."""
-    argvs: list[list[str]]
-    key: str
-    output: str
-
-
-_launches: dict[str, tuple[list[subprocess.Popen], str]] = {}   # key -> (qrsh calls, job id)
-_launches_lock = threading.Lock()                               # guards _launches
 
 
 class SGEManager(JobManager):
@@ -88,15 +76,12 @@ class SGEManager(JobManager):
         spec = self.build_spec(n or self.worker_count(), params or default_addprocs_params(), head, "LAUNCH")
         return spec if isinstance(spec, str) else "".join(shlex.join(a) + "\n" for a in spec.argvs)
 
-    def build_spec(self, n: int, params: dict, head: str, launch_id: str) -> str | QrshLaunch:
+    def build_spec(self, n: int, params: dict, head: str, launch_id: str) -> str | LocalLaunch:
+        """An array job's script for `n` workers dialing `head`; inside a parallel job, one
+        `qrsh -inherit` per slot."""
         argv = self.join_argv(params, head, launch_id)
         if self.n is None:
-            key = f"{os.environ.get('JOB_ID', 'JOB_ID')}.{launch_id}"
-            hosts = [h for h, slots in _pe_hosts() for _ in range(slots)][:n]
-            shell = [*export_lines(params), f"cd {shlex.quote(params['dir'])}", *self.prologue]
-            return QrshLaunch([["qrsh", "-inherit", "-nostdin", host, shlex.join(["/bin/sh", "-c", "; ".join(
-                [*shell, f"exec {shlex.join(argv)} --ident {key}.{task}"])])]
-                for task, host in enumerate(hosts)], key, os.path.join(self.output_dir, f"pydist-{key}.out"))
+            return self._qrsh_launch(n, params, argv, launch_id)
         options = [("-N", self.job_name), ("-t", f"1-{n}"), ("-q", self.queue), ("-P", self.project),
                    ("-l", self.walltime and f"h_rt={self.walltime}"), ("-l", self.resource_spec),
                    ("-o", os.path.join(self.output_dir, "pydist-$JOB_ID.out")), ("-wd", params["dir"])]
@@ -107,38 +92,41 @@ class SGEManager(JobManager):
                  shlex.join(["rm", "-f", "--", self.cookie_file(launch_id)]), ""]
         return "\n".join(lines)
 
+    def _qrsh_launch(self, n: int, params: dict, argv: list[str], launch_id: str) -> LocalLaunch:
+        # qrsh -inherit hands its command to a shell on the host, as ssh does: one quoted string.
+        key = f"{os.environ.get('JOB_ID', 'JOB_ID')}.{launch_id}"
+        slots = [host for host, count in _pe_hosts() for _ in range(count)][:n]
+        setup = [*export_lines(params), f"cd {shlex.quote(params['dir'])}", *self.prologue]
+        shells = [shlex.join(["/bin/sh", "-c", "; ".join([*setup, f"exec {shlex.join(argv)} --ident {key}.{task}"])])
+                  for task in range(len(slots))]
+        return LocalLaunch([["qrsh", "-inherit", "-nostdin", host, shell] for host, shell in zip(slots, shells)],
+                           key, os.path.join(self.output_dir, f"pydist-{key}.out"))
+
     def cookie_file(self, launch_id: str) -> str:
         return os.path.join(self.output_dir, f"pydist-{launch_id}.cookie")
 
-    def submit(self, spec: str | QrshLaunch) -> str:
+    def submit(self, spec: str | LocalLaunch) -> str:
+        if isinstance(spec, LocalLaunch):
+            return start_launch(spec)
         os.makedirs(self.output_dir, mode=0o700, exist_ok=True)
-        if isinstance(spec, str):
-            return run(["qsub", "-terse"], input=spec, timeout=COMMAND_TIMEOUT).strip().split(".")[0]
-        with open(spec.output, "ab") as out:
-            calls = [subprocess.Popen(a, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                      start_new_session=True) for a in spec.argvs]
-        with _launches_lock:
-            _launches[spec.key] = (calls, os.environ["JOB_ID"])
-        return spec.key
+        return run(["qsub", "-terse"], input=spec, timeout=COMMAND_TIMEOUT).strip().split(".")[0]
 
     def poll(self, job_ids: list[str]) -> dict[str, JobStatus]:
-        with _launches_lock:
-            launches = {key: _launches[key] for key in job_ids if key in _launches}
-        found = _qstat()
-        statuses = {j: found.get(j, JobStatus(JobState.ENDED, "no longer in qstat")) for j in job_ids}
-        for key, (calls, job) in launches.items():
-            end = found[job].end_time if job in found else None
-            codes = [c.poll() for c in calls]
-            statuses[key] = (JobStatus(JobState.RUNNING, "", end) if None in codes else
-                             JobStatus(JobState.ENDED, f"qrsh -inherit exited with codes {codes}"))
+        found, statuses = _qstat(), {}
+        for j in job_ids:
+            if "." in j:      # a launch inside job <id>: its qrsh calls run until that job's h_rt
+                job = found.get(j.partition(".")[0])
+                statuses[j] = launch_status(j, job.end_time if job else None)
+            else:
+                statuses[j] = found.get(j, JobStatus(JobState.ENDED, "no longer in qstat"))
         return statuses
 
     def cancel(self, job_ids: list[str]) -> None:
-        with _launches_lock:
-            stop_processes([c for key in job_ids for c in _launches.pop(key, ([], ""))[0]])
+        stop_launches(job_ids, COMMAND_TIMEOUT)        # SIGTERM to qrsh ends its remote task
         jobs = [j for j in job_ids if "." not in j]
         try:
-            run(["qdel", *jobs], timeout=COMMAND_TIMEOUT) if jobs else None
+            if jobs:
+                run(["qdel", *jobs], timeout=COMMAND_TIMEOUT)
         except CommandError as err:      # a job that already ended "does not exist"
             if "does not exist" not in str(err):
                 raise
@@ -154,8 +142,9 @@ def _pe_hosts() -> list[tuple[str, int]]:
 
 
 def _qstat() -> dict[str, JobStatus]:
-    """One `qstat -xml` call: every job of this user still known to qmaster.  An array job is PENDING while
-    any task waits (its worker_timeout starts once every task runs), ENDED in an error state."""
+    """One `qstat -xml` call: every job of this user still known to qmaster.  An array job is
+    PENDING while any task waits (worker_timeout starts once every task runs), ENDED in an
+    error state (Eqw: it would never start)."""
     root = ET.fromstring(run(["qstat", "-xml", "-r"], timeout=COMMAND_TIMEOUT))
     entries: dict[str, list[ET.Element]] = {}
     for e in root.iter("job_list"):
