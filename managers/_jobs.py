@@ -9,6 +9,11 @@ what differs (STYLE.md §3):
     cancel(job_ids)                                  safe to repeat, also for ended jobs
     output_tail(job_id) -> str                       optional: the end of the job's output
     cookie_file(launch_id) -> path | None            optional: where the job reads the cookie
+    output_dir                                       where both are by default (pydist-*.out/.cookie)
+
+Inside a job (a Slurm allocation, a Grid Engine parallel job) the spec is a `LocalLaunch`: the
+launcher commands (srun, qrsh -inherit) this process runs; the base starts them instead of
+calling submit, and the backend's poll and cancel use launch_status and stop_launches.
 
 How one launch goes (`JobManager.launch`, on addprocs's `pydist-launch` thread):
 
@@ -130,6 +135,7 @@ class JobManager(ClusterManager):
 
     job_kind = "batch job"        # how errors name a job: "Slurm job 123"
     submit_hint = "check the option the scheduler names"    # next step after a refused job
+    output_dir: str | None = None    # job output and cookie files: a directory the nodes share
     pending_hint = "ask for fewer resources or less time, pick another partition=..., or raise queue_timeout"
 
     def __init__(self, *, queue_timeout: float, worker_timeout: float | None, poll_interval: float,
@@ -169,13 +175,15 @@ class JobManager(ClusterManager):
         """Cancel the jobs; no error for jobs that already ended."""
 
     def output_tail(self, job_id: str) -> str:
-        """The last lines of the job's output, for error messages ("" if unknown)."""
-        return ""
+        """The last lines of the job's output, for error messages ("" if unknown); by default
+        of `output_dir/pydist-<job_id>.out`."""
+        return _file_tail(os.path.join(self.output_dir, f"pydist-{job_id}.out")) if self.output_dir else ""
 
     def cookie_file(self, launch_id: str) -> str | None:
         """Where this launch's job reads the cookie from; None if the backend passes it
-        another way.  The base writes it (0600) before submitting and removes it with the job."""
-        return None
+        another way.  The base writes it (0600) before submitting and removes it with the job.
+        By default `output_dir/pydist-<launch_id>.cookie`."""
+        return os.path.join(self.output_dir, f"pydist-{launch_id}.cookie") if self.output_dir else None
 
     # -- ClusterManager -------------------------------------------------------------------
     def manage(self, pid: int, config: WorkerConfig, op: str) -> None:
@@ -206,7 +214,7 @@ class JobManager(ClusterManager):
         if cookie is not None:
             write_secret(cookie, cluster_cookie())
         try:
-            job_id = self.submit(spec)
+            job_id = start_launch(spec) if isinstance(spec, LocalLaunch) else self.submit(spec)
         except CommandError as err:
             _remove(cookie)
             raise LaunchError([(f"{self.job_kind} for {n} workers",
@@ -537,7 +545,7 @@ def stop_processes(processes: list[subprocess.Popen], timeout: float = 30.0) -> 
             process.wait()
 
 
-def output_tail(path: str) -> str:
+def _file_tail(path: str) -> str:
     """The last OUTPUT_TAIL_LINES lines of a job's output file, under its path ("" if none)."""
     try:
         with open(path, errors="replace") as f:

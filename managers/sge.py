@@ -28,8 +28,7 @@ from typing import Sequence
 from pydist import default_addprocs_params
 
 from ._base import CommandError, run
-from ._jobs import (JobManager, JobState, JobStatus, LocalLaunch, export_lines, launch_status, output_tail,
-                    start_launch, stop_launches)
+from ._jobs import JobManager, JobState, JobStatus, LocalLaunch, export_lines, launch_status, stop_launches
 
 COMMAND_TIMEOUT = 30.0      # qmaster answers in milliseconds; a hung one must not hang addprocs
 # qstat's state letters: E error (never starts by itself), d being deleted, r/t running.
@@ -102,13 +101,7 @@ class SGEManager(JobManager):
         return LocalLaunch([["qrsh", "-inherit", "-nostdin", host, shell] for host, shell in zip(slots, shells)],
                            key, os.path.join(self.output_dir, f"pydist-{key}.out"))
 
-    def cookie_file(self, launch_id: str) -> str:
-        return os.path.join(self.output_dir, f"pydist-{launch_id}.cookie")
-
-    def submit(self, spec: str | LocalLaunch) -> str:
-        if isinstance(spec, LocalLaunch):
-            return start_launch(spec)
-        os.makedirs(self.output_dir, mode=0o700, exist_ok=True)
+    def submit(self, spec: str) -> str:
         return run(["qsub", "-terse"], input=spec, timeout=COMMAND_TIMEOUT).strip().split(".")[0]
 
     def poll(self, job_ids: list[str]) -> dict[str, JobStatus]:
@@ -130,9 +123,6 @@ class SGEManager(JobManager):
         except CommandError as err:      # a job that already ended "does not exist"
             if "does not exist" not in str(err):
                 raise
-
-    def output_tail(self, job_id: str) -> str:
-        return output_tail(os.path.join(self.output_dir, f"pydist-{job_id}.out"))
 
 
 def _pe_hosts() -> list[tuple[str, int]]:

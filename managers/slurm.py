@@ -39,8 +39,7 @@ from typing import Sequence
 from pydist import default_addprocs_params
 
 from ._base import CommandError, run
-from ._jobs import (JobManager, JobState, JobStatus, LocalLaunch, export_lines as _exports, launch_status,
-                    output_tail, start_launch, stop_launches)
+from ._jobs import JobManager, JobState, JobStatus, LocalLaunch, export_lines as _exports, launch_status, stop_launches
 
 # squeue states in which the job has its resources and its tasks run (CONFIGURING: nodes
 # still booting, so the launch timer has not started yet).
@@ -159,14 +158,8 @@ class SlurmManager(JobManager):
                    f"--job-name={self.job_name}", "/bin/sh", "-c", shell, key, *argv]
         return LocalLaunch([command], key, os.path.join(self.output_dir, f"pydist-{key}.out"))
 
-    def cookie_file(self, launch_id: str) -> str:
-        return os.path.join(self.output_dir, f"pydist-{launch_id}.cookie")
-
     # -- scheduler commands -----------------------------------------------------------------
-    def submit(self, spec: str | LocalLaunch) -> str:
-        if isinstance(spec, LocalLaunch):
-            return start_launch(spec)
-        os.makedirs(self.output_dir, mode=0o700, exist_ok=True)
+    def submit(self, spec: str) -> str:
         out = run(["sbatch", "--parsable"], input=spec, timeout=COMMAND_TIMEOUT)
         return out.strip().splitlines()[-1].split(";")[0].strip()
 
@@ -186,8 +179,6 @@ class SlurmManager(JobManager):
         if batch:
             run(["scancel", *batch], timeout=COMMAND_TIMEOUT)
 
-    def output_tail(self, job_id: str) -> str:
-        return output_tail(os.path.join(self.output_dir, f"pydist-{job_id}.out"))
 
 
 def _is_step(job_id: str) -> bool:
