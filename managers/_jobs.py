@@ -470,6 +470,16 @@ def write_secret(path: str, text: str) -> None:
         raise
 
 
+def check_worker_count(n: int | None, in_job: bool, without_n: str) -> int | None:
+    """A manager's `n`: a number of workers >= 1, or None (one per task or slot of the job
+    this process runs in) only when `in_job`; else ValueError, `without_n` when n is missing."""
+    if n is None and not in_job:
+        raise ValueError(without_n)
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"n must be a number of workers >= 1, not {n!r}")
+    return n
+
+
 def export_lines(params: dict) -> list[str]:
     """`export NAME=value` lines for a job script: the workers' environment (never the cookie)."""
     lines = []

@@ -28,7 +28,8 @@ from typing import Sequence
 from pydist import default_addprocs_params
 
 from ._base import CommandError, run
-from ._jobs import JobManager, JobState, JobStatus, LocalLaunch, export_lines, launch_status, stop_launches
+from ._jobs import (JobManager, JobState, JobStatus, LocalLaunch, check_worker_count, export_lines,
+                    launch_status, stop_launches)
 
 COMMAND_TIMEOUT = 30.0      # qmaster answers in milliseconds; a hung one must not hang addprocs
 # qstat's state letters: E error (never starts by itself), d being deleted, r/t running.
@@ -56,13 +57,10 @@ class SGEManager(JobManager):
         super().__init__(queue_timeout=queue_timeout, worker_timeout=worker_timeout,
                          poll_interval=poll_interval, walltime_margin=walltime_margin,
                          join_host=join_host, join_port=join_port)
-        if n is None and "PE_HOSTFILE" not in os.environ:
-            raise ValueError("SGEManager() without n starts one worker per slot of the parallel job it "
-                             "runs in, and this process is not in one (no PE_HOSTFILE). From a login "
-                             'node, say how many workers to submit: SGEManager(n=8, walltime="01:00:00")')
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-            raise ValueError(f"n must be a number of workers >= 1, not {n!r}")
-        self.n = n
+        self.n = check_worker_count(n, "PE_HOSTFILE" in os.environ,
+                                    "SGEManager() without n starts one worker per slot of the parallel job "
+                                    "it runs in, and this process is not in one (no PE_HOSTFILE). From a login "
+                                    'node, say how many workers to submit: SGEManager(n=8, walltime="01:00:00")')
         self.queue, self.project, self.walltime, self.resource_spec = queue, project, walltime, resource_spec
         self.job_name, self.qsub_args, self.prologue = job_name, list(qsub_args), list(prologue)
         self.output_dir = os.path.abspath(os.path.expanduser(output_dir or "~/.pydist/sge"))

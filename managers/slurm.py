@@ -39,7 +39,8 @@ from typing import Sequence
 from pydist import default_addprocs_params
 
 from ._base import CommandError, run
-from ._jobs import JobManager, JobState, JobStatus, LocalLaunch, export_lines as _exports, launch_status, stop_launches
+from ._jobs import (JobManager, JobState, JobStatus, LocalLaunch, check_worker_count, export_lines as _exports,
+                    launch_status, stop_launches)
 
 # squeue states in which the job has its resources and its tasks run (CONFIGURING: nodes
 # still booting, so the launch timer has not started yet).
@@ -83,13 +84,11 @@ class SlurmManager(JobManager):
         super().__init__(queue_timeout=queue_timeout, worker_timeout=worker_timeout,
                          poll_interval=poll_interval, walltime_margin=walltime_margin,
                          join_host=join_host, join_port=join_port)
-        if n is None and "SLURM_JOB_ID" not in os.environ:
-            raise ValueError("SlurmManager() without n starts one worker per task of the allocation "
-                             "it runs in, and this process is not in one (no SLURM_JOB_ID). From a "
-                             "login node, say how many workers to submit: "
-                             "SlurmManager(n=8, time=\"01:00:00\", partition=\"debug\")")
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-            raise ValueError(f"n must be a number of workers >= 1, not {n!r}")
+        check_worker_count(n, "SLURM_JOB_ID" in os.environ,
+                           "SlurmManager() without n starts one worker per task of the allocation "
+                           "it runs in, and this process is not in one (no SLURM_JOB_ID). From a "
+                           "login node, say how many workers to submit: "
+                           "SlurmManager(n=8, time=\"01:00:00\", partition=\"debug\")")
         if isinstance(sbatch_args, str) or isinstance(prologue, str):
             raise TypeError("sbatch_args and prologue are lists of strings, one option or line each")
         self.n = n

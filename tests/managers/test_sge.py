@@ -27,6 +27,7 @@ from infra import require, sge_running      # tests/ is on sys.path (no tests/__
 from pydist import (LaunchError, addprocs, cluster_cookie, default_addprocs_params, myid, pmap, remotecall,
                     remotecall_fetch, rmprocs, workers)
 from pydist.managers import SGEManager
+from pydist.managers._jobs import write_secret
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "sge"
@@ -163,6 +164,7 @@ MASTER = """
 import os, signal, sys
 from pydist import addprocs
 from pydist.managers import SGEManager
+from pydist.managers._jobs import write_secret
 addprocs(SGEManager(n=1, join_host="127.0.0.1", output_dir=sys.argv[2], job_name=sys.argv[3],
                     walltime="00:05:00", poll_interval=0.5, queue_timeout=60, worker_timeout=30))
 print("ready", flush=True)
@@ -186,6 +188,7 @@ DRIVER = """
 import json, os, sys
 from pydist import addprocs, myid, pmap, remotecall_fetch, rmprocs
 from pydist.managers import SGEManager
+from pydist.managers._jobs import write_secret
 ids = addprocs(SGEManager(join_host="127.0.0.1", output_dir=sys.argv[2], poll_interval=0.5))
 result = {"ids": ids, "squares": pmap(lambda x: x * x, range(6)),
           "jobs": [remotecall_fetch(lambda: os.environ["JOB_ID"], p) for p in ids],
@@ -223,9 +226,7 @@ def test_worker_array_joins_an_elastic_master(sge):
     elastic = ElasticManager(n=2, host="127.0.0.1", port=0, timeout=60)
     host, port = elastic.address
     cookie = tmp / "elastic.cookie.txt"
-    fd = os.open(cookie, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.write(fd, cluster_cookie().encode())
-    os.close(fd)
+    write_secret(str(cookie), cluster_cookie())      # mode 0600, as the script asks
     env = {**os.environ, "PYDIST_HEAD": f"{'127.0.0.1' if host == '0.0.0.0' else host}:{port}",
            "PYDIST_COOKIE_FILE": str(cookie), "PYDIST_PYTHON": sys.executable}
     job = subprocess.run(["qsub", "-terse", "-t", "1-2", "-N", name, "-o", f"{tmp}/workers.out",

@@ -24,6 +24,7 @@ from infra import (SLURM_MN_CONF, SLURM_MN_GATEWAY, SLURM_MN_NODES, SLURM_MN_PYT
 from pydist import (ProcessExitedException, addprocs, cluster_cookie, myid, remotecall_fetch, rmprocs,
                     workers)
 from pydist.managers import SlurmManager
+from pydist.managers._jobs import write_secret
 
 pytestmark = pytest.mark.slurm_multinode
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "slurm"
@@ -106,6 +107,7 @@ DRIVER = """
 import collections, json, os, socket, subprocess, sys
 from pydist import addprocs, myid, pmap, remotecall_fetch, rmprocs
 from pydist.managers import SlurmManager
+from pydist.managers._jobs import write_secret
 ids = addprocs(SlurmManager(output_dir=sys.argv[2], poll_interval=0.5))
 job = os.environ["SLURM_JOB_ID"]
 steps = subprocess.run(["squeue", "-h", "-s", "-j", job, "-o", "%i"], capture_output=True,
@@ -148,9 +150,7 @@ def test_worker_array_joins_an_elastic_master_on_the_login_node(mn):
     name, shared = mn
     elastic = ElasticManager(n=2, host=SLURM_MN_GATEWAY, port=0, timeout=60)
     cookie = shared / "elastic-cookie.txt"
-    fd = os.open(cookie, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.write(fd, cluster_cookie().encode())
-    os.close(fd)
+    write_secret(str(cookie), cluster_cookie())      # mode 0600, as the script asks
     env = {**os.environ, "PYDIST_HEAD": f"{SLURM_MN_GATEWAY}:{elastic.address[1]}",
            "PYDIST_COOKIE_FILE": str(cookie), "PYDIST_PYTHON": SLURM_MN_PYTHON}
     job = subprocess.run(          # deploy/slurm/workers.sbatch as shipped
