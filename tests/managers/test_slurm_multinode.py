@@ -11,6 +11,7 @@ import collections
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -73,6 +74,7 @@ def mn(monkeypatch):
         subprocess.run(["scancel", *left], timeout=30)
         raise AssertionError(f"the test left Slurm jobs {left} behind (now cancelled)") from None
     assert not list(shared.glob("*.cookie")), "a cookie file was left behind"
+    shutil.rmtree(shared)
 
 
 def manager(mn, **options) -> SlurmManager:
