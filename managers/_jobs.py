@@ -480,10 +480,11 @@ def check_worker_count(n: int | None, in_job: bool, without_n: str) -> int | Non
     return n
 
 
-def export_lines(params: dict) -> list[str]:
-    """`export NAME=value` lines for a job script: the workers' environment (never the cookie)."""
+def export_lines(params: dict, inherited: dict[str, str] | None = None) -> list[str]:
+    """`export NAME=value` lines for a job script: the workers' environment (never the cookie),
+    after `inherited` (variables of the master's that a scheduler does not pass on by itself)."""
     lines = []
-    for name, value in worker_env(params).items():
+    for name, value in {**(inherited or {}), **worker_env(params)}.items():
         if not name.isidentifier():
             raise ValueError(f"env: {name!r} is not a valid environment variable name")
         lines.append(f"export {name}={shlex.quote(value)}")

@@ -10,11 +10,13 @@ worker per slot of $PE_HOSTFILE (NSLOTS in all), each by `qrsh -inherit HOST`: G
 accounts and kills them as part of the job (the PE needs `control_slaves TRUE`).  Their ident
 is `$JOB_ID.<launch>.<task>`.
 
-As with SlurmManager (pydist.managers._jobs has the shared launch): the cookie is read from a
-0600 file in `output_dir`, the tasks' output goes to `output_dir/pydist-<job>.out`, the job is
-deleted (`qdel`; SIGTERM to the qrsh calls inside a job) when its last worker goes or the master
-exits, and `walltime_margin` retires the workers before `h_rt` runs out.  One `qstat -xml` call
-per poll, for all of this process's Grid Engine jobs.
+qsub passes no environment by itself: the script exports the master's PYDIST_* settings (as
+DockerManager does) and addprocs's `env`.  As with SlurmManager (pydist.managers._jobs has the
+shared launch): the cookie is read from a 0600 file in `output_dir`, the tasks' output goes to
+`output_dir/pydist-<job>.out`, the job is deleted (`qdel`; SIGTERM to the qrsh calls inside a
+job) when its last worker goes or the master exits, and `walltime_margin` retires the workers
+before `h_rt` runs out.  One `qstat -xml` call per poll, for all of this process's Grid Engine
+jobs.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Sequence
 
 from pydist import default_addprocs_params
 
-from ._base import CommandError, run
+from ._base import CommandError, forwarded_env, run
 from ._jobs import (JobManager, JobState, JobStatus, LocalLaunch, check_worker_count, export_lines,
                     launch_status, stop_launches)
 
@@ -83,7 +85,7 @@ class SGEManager(JobManager):
                    ("-l", self.walltime and f"h_rt={self.walltime}"), ("-l", self.resource_spec),
                    ("-o", os.path.join(self.output_dir, "pydist-$JOB_ID.out")), ("-wd", params["dir"])]
         lines = ["#!/bin/sh", "#$ -S /bin/sh", "#$ -j y", *(f"#$ {o} {v}" for o, v in options if v),
-                 *(f"#$ {arg}" for arg in self.qsub_args), *export_lines(params), *self.prologue,
+                 *(f"#$ {arg}" for arg in self.qsub_args), *export_lines(params, forwarded_env()), *self.prologue,
                  f'{shlex.join(argv)} --ident "$JOB_ID.$((SGE_TASK_ID - 1))"',
                  # for a master that was killed: its workers exit when its links drop
                  shlex.join(["rm", "-f", "--", self.cookie_file(launch_id)]), ""]
@@ -93,7 +95,7 @@ class SGEManager(JobManager):
         # qrsh -inherit hands its command to a shell on the host, as ssh does: one quoted string.
         key = f"{os.environ.get('JOB_ID', 'JOB_ID')}.{launch_id}"
         slots = [host for host, count in _pe_hosts() for _ in range(count)][:n]
-        setup = [*export_lines(params), f"cd {shlex.quote(params['dir'])}", *self.prologue]
+        setup = [*export_lines(params, forwarded_env()), f"cd {shlex.quote(params['dir'])}", *self.prologue]
         shells = [shlex.join(["/bin/sh", "-c", "; ".join([*setup, f"exec {shlex.join(argv)} --ident {key}.{task}"])])
                   for task in range(len(slots))]
         return LocalLaunch([["qrsh", "-inherit", "-nostdin", host, shell] for host, shell in zip(slots, shells)],

@@ -83,6 +83,14 @@ def test_job_script_runs_the_prologue_and_exports_before_the_worker():
     assert lines.index("echo hi") < worker and lines.index("export MY_SETTING='a b'") < worker
 
 
+def test_job_script_exports_the_masters_pydist_settings_but_no_secret(monkeypatch):
+    monkeypatch.setenv("PYDIST_WORKER_TIMEOUT", "42")
+    monkeypatch.setenv("PYDIST_COOKIE", "secret")
+    lines = SGEManager(n=1).job_script().splitlines()
+    assert "export PYDIST_WORKER_TIMEOUT=42" in lines
+    assert not [ln for ln in lines if "PYDIST_COOKIE" in ln]
+
+
 def test_job_script_never_contains_the_cookie():
     script = SGEManager(n=2).job_script()
     assert cluster_cookie() not in script and "--cookie-file" in script
