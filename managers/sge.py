@@ -143,13 +143,23 @@ def _qstat() -> dict[str, JobStatus]:
     for job, tasks in entries.items():
         states = [t.findtext("state", "") for t in tasks]
         if any(ENDED_LETTERS & set(s) for s in states):
-            found[job] = JobStatus(JobState.ENDED, f"state {'/'.join(states)}: qstat -j {job} says why")
+            found[job] = JobStatus(JobState.ENDED, f"state {'/'.join(states)}{_error_reason(job, states)}")
         elif all(RUNNING_LETTERS & set(s) for s in states):
             ends = [end for end in map(_end_time, tasks) if end is not None]
             found[job] = JobStatus(JobState.RUNNING, "", min(ends, default=None))
         else:
             found[job] = JobStatus(JobState.PENDING, f"state {'/'.join(states)}: qstat -j {job} says why")
     return found
+
+
+def _error_reason(job: str, states: list[str]) -> str:
+    """For a job in error state (Eqw), the reason `qstat -j` gives: one more call, made once,
+    since the launch then fails (e.g. "can't chdir to /x: No such file or directory")."""
+    if not any("E" in state for state in states):
+        return ""
+    text = run(["qstat", "-j", job], timeout=COMMAND_TIMEOUT)
+    return "".join(f": {line.split(']:', 1)[-1].strip()}" for line in text.splitlines()
+                   if line.startswith("error reason"))
 
 
 def _end_time(task: ET.Element) -> float | None:

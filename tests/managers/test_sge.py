@@ -280,6 +280,14 @@ def test_workers_failing_at_start_show_the_tail_of_the_jobs_output(sge, options,
 
 
 @pytest.mark.sge
+def test_job_in_error_state_fails_at_once_with_grid_engines_reason(sge):
+    name, _tmp = sge
+    with pytest.raises(LaunchError, match=r"ended \(state Eqw: error: can't chdir to /nonexistent/dir"):
+        addprocs(manager(sge, n=1), dir="/nonexistent/dir")      # -wd: the job cannot start
+    assert not qstat_ids(name)
+
+
+@pytest.mark.sge
 def test_workers_are_removed_walltime_margin_seconds_before_h_rt(sge, caplog):
     name, _tmp = sge
     caplog.set_level(logging.WARNING, logger="pydist")
