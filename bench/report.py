@@ -290,7 +290,8 @@ def header(doc, md=False) -> str:
     vers = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
     missing = ", ".join(k for k, v in m["versions"].items() if not v)
     lines = [
-        f"pydist benchmark  {m['timestamp']}  ({'QUICK smoke run, small counts' if m['config']['quick'] else 'full run'})",
+        f"pydist benchmark  {m['timestamp']}  "
+        f"({'QUICK smoke run, small counts' if m['config']['quick'] else 'full run'})",
         f"command: {m['command']}",
         f"machine: {m['cores']} cores ({m['cpu_model']}), {m['memory_gb']} GB, {m['platform']}",
         f"python {m['python']}; {vers}" + (f"; not installed: {missing}" if missing else ""),
@@ -311,7 +312,7 @@ def header(doc, md=False) -> str:
     if helpers:
         lines.append("per-master helpers kept by design (not workers): " + "; ".join(helpers))
     if md:
-        return "\n".join("- " + l for l in lines)
+        return "\n".join("- " + line for line in lines)
     return "\n".join(lines)
 
 

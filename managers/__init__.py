@@ -1,4 +1,5 @@
-"""Cluster managers: one module per backend, sharing pydist.managers._base."""
+"""Cluster managers: one module per backend; what they share, and everything a backend imports,
+is in pydist.managers.base."""
 
 from .local import LocalManager
 

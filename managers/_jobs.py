@@ -1,11 +1,14 @@
 """What batch-system managers share: submit a job, watch it, await its workers' joins, cancel it.
 
-A backend (Slurm today; PBS, SGE or Kubernetes later) subclasses `JobManager` and writes only
-what differs (STYLE.md §3):
+A backend (Slurm, Grid Engine, PBS: one job of n tasks per launch; a backend that makes one
+resource per worker subclasses _join.ResourceManager instead) subclasses `JobManager` and
+writes only what differs (STYLE.md §3):
 
+    worker_count() -> n                              how many workers the next launch starts
     build_spec(n, params, head, launch_id) -> spec   the job, built without I/O
     submit(spec) -> job_id                           hand it to the scheduler
     poll(job_ids) -> {job_id: JobStatus}             ONE scheduler call for all the ids
+                                                     (JobStatus/JobState: _join's Status/State)
     cancel(job_ids)                                  safe to repeat, also for ended jobs
     output_tail(job_id) -> str                       optional: the end of the job's output
     cookie_file(launch_id) -> path | None            optional: where the job reads the cookie
@@ -17,13 +20,12 @@ calling submit, and the backend's poll and cancel use launch_status and stop_lau
 
 How one launch goes (`JobManager.launch`, on addprocs's `pydist-launch` thread):
 
-1. Open the master's join listener (pydist.managers.elastic) and, if the backend wants one, write the
-   cookie to a 0600 file the job can read.  Build the spec and submit it: one job of n tasks.
-2. Wait for joins.  Every worker of the job is `python -m pydist.worker --join HEAD` with the
-   ident `<job_id>.<task>`, so each offer maps to its job and task; offers of jobs of this
-   process that no launch awaits (a cancelled launch's late workers) are refused, another
-   launch's and foreign ones are left on the listener.  Between offers the launch reads the
-   job's latest state, which the watcher keeps current:
+1. Open the master's join listener (pydist.managers._listener) and, if the backend wants one, write
+   the cookie to a 0600 file the job can read.  Build the spec and submit it: one job of n tasks.
+2. Wait for joins (`_join.Joins`).  Every worker of the job is `python -m pydist.worker --join
+   HEAD` with the ident `<job_id>.<task>`, so each offer maps to its job and task; offers of
+   a launch that is over (a cancelled launch's late workers) are refused.  The watcher
+   reports the job's state to the launch:
    * PENDING longer than `queue_timeout` (counted from submission): cancel, LaunchError with
      the scheduler's pending reason;
    * RUNNING: `worker_timeout` counts from the first poll that saw it running, not from
@@ -52,25 +54,23 @@ from __future__ import annotations
 import abc
 import atexit
 import collections
+import copy
 import dataclasses
-import enum
-import ipaddress
 import logging
 import math
 import os
 import secrets
 import shlex
-import socket
 import subprocess
 import threading
 import time
 from typing import Any, NamedTuple
 
-from pydist import ClusterManager, LaunchError, WorkerConfig, cluster_cookie
-from pydist.pools import retire_workers
+from pydist import LaunchError, WorkerConfig, cluster_cookie
+from pydist.manager import retire_workers
 
-from ._base import CommandError, host_port, refuse, worker_argv, worker_env
-from .elastic import join_listener
+from ._base import CommandError, worker_argv, worker_env
+from ._join import OUTPUT_TAIL_LINES, DialInManager, Joins, State, Status
 
 log = logging.getLogger("pydist")
 
@@ -79,24 +79,10 @@ log = logging.getLogger("pydist")
 # time limit well before a margin of minutes runs out.
 WALLTIME_POLL_INTERVAL = 60.0
 
-# Lines of a job's output shown in a launch error: enough for a traceback, short enough to
-# read in a terminal.
-OUTPUT_TAIL_LINES = 20
-
-
-class JobState(enum.Enum):
-    """Where a batch job is, in the terms the launch needs."""
-    PENDING = "pending"      # queued: waiting for resources, a begin time, a dependency, ...
-    RUNNING = "running"      # started (the scheduler's RUNNING, CONFIGURING, COMPLETING)
-    ENDED = "ended"          # completed, failed, cancelled, timed out, or gone from the queue
-
-
-@dataclasses.dataclass(frozen=True)
-class JobStatus:
-    """What one poll learned about one job."""
-    state: JobState
-    reason: str = ""                 # the scheduler's word: why it pends, or how it ended
-    end_time: float | None = None    # when its walltime runs out (epoch seconds), if known
+# The names backends use (JobStatus(JobState.RUNNING, ...)): the states of any resource.
+JobState, JobStatus = State, Status
+__all__ = ["JobManager", "JobState", "JobStatus", "OUTPUT_TAIL_LINES", "write_secret", "LocalLaunch",
+           "launch_status", "stop_launches", "check_worker_count", "export_lines"]
 
 
 @dataclasses.dataclass(eq=False)
@@ -106,11 +92,9 @@ class _Job:
     job_id: str
     ntasks: int
     cookie_file: str | None
-    submitted: float = dataclasses.field(default_factory=time.monotonic)
+    joins: Joins | None                     # its launch's wait, None once the launch is over
     status: JobStatus = JobStatus(JobState.PENDING)
-    running_since: float | None = None      # monotonic time of the first poll that saw RUNNING
     launching: bool = True                  # its launch is still awaiting joins
-    joined: int = 0                         # workers handed to the core by its launch
     pids: set[int] = dataclasses.field(default_factory=set)   # its registered workers
     next_poll: float = 0.0                  # monotonic; math.inf: not watched
     retiring: bool = False                  # walltime margin reached, workers being removed
@@ -118,12 +102,10 @@ class _Job:
 
 _lock = threading.Condition()     # guards every _Job's mutable fields, _live, _watcher_started
 _live: dict[tuple[int, str], _Job] = {}          # (id(manager), job_id) -> job, until it ends
-_submitted: set[str] = set()      # every job id this process submitted (to spot stale offers)
-_awaited: set[str] = set()        # job ids whose launch is still running (takes their offers)
 _watcher_started = False
 
 
-class JobManager(ClusterManager):
+class JobManager(DialInManager):
     """Workers are the tasks of one batch job per addprocs call; they dial the master's join
     listener (worker connects).  Subclasses implement the scheduler commands.
 
@@ -135,8 +117,9 @@ class JobManager(ClusterManager):
 
     job_kind = "batch job"        # how errors name a job: "Slurm job 123"
     submit_hint = "check the option the scheduler names"    # next step after a refused job
-    output_dir: str | None = None    # job output and cookie files: a directory the nodes share
     pending_hint = "ask for fewer resources or less time, pick another partition=..., or raise queue_timeout"
+    no_output_hint = "check that the nodes can run the worker command"
+    output_dir: str | None = None    # job output and cookie files: a directory the nodes share
 
     def __init__(self, *, queue_timeout: float, worker_timeout: float | None, poll_interval: float,
                  walltime_margin: float | None, join_host: str | None, join_port: int):
@@ -149,6 +132,22 @@ class JobManager(ClusterManager):
         self.walltime_margin = walltime_margin
         self.join_host = join_host
         self.join_port = int(join_port)
+
+    @property
+    def pending_timeout(self) -> float:      # what Joins reads
+        return self.queue_timeout
+
+    def replacement(self, config: WorkerConfig) -> "JobManager":
+        """A job of one worker with this manager's settings, submitted anew, to replace a
+        worker that died (`addprocs(..., restart=True)`). A manager that runs inside an
+        allocation (no `n`) cannot: the allocation's tasks are fixed."""
+        if getattr(self, "n", 1) is None:
+            raise TypeError(f"{type(self).__name__}() inside an allocation cannot start a replacement "
+                            "for a worker that died (restart=True): its tasks are the allocation's. "
+                            f"Give it n=... to submit jobs of its own from here instead")
+        twin = copy.copy(self)
+        twin.n = 1
+        return twin
 
     # -- what a backend writes ------------------------------------------------------------
     @abc.abstractmethod
@@ -179,6 +178,12 @@ class JobManager(ClusterManager):
         of `output_dir/pydist-<job_id>.out`."""
         return _file_tail(os.path.join(self.output_dir, f"pydist-{job_id}.out")) if self.output_dir else ""
 
+    def name(self, rid: str) -> str:
+        return f"{self.job_kind} {rid}"
+
+    def logs(self, rid: str) -> str:
+        return self.output_tail(rid)
+
     def cookie_file(self, launch_id: str) -> str | None:
         """Where this launch's job reads the cookie from; None if the backend passes it
         another way.  The base writes it (0600) before submitting and removes it with the job.
@@ -204,10 +209,12 @@ class JobManager(ClusterManager):
             _end(job, f"its last worker ({pid}) is gone")
 
     def launch(self, params: dict, launched: list[WorkerConfig], notify: threading.Condition) -> None:
+        """Submit one job of worker_count() workers and hand each one that joins to the core;
+        raises LaunchError (listing the tasks that did not join) when the job pends too long,
+        ends, or does not bring all its workers within worker_timeout of starting."""
         n = self.worker_count()
-        listener = join_listener(*self._listen_address())
-        listener.claim(_ours)
-        head = self.head(listener.host, listener.port)
+        listener = self.listener()
+        head = self.head(listener)
         launch_id = secrets.token_hex(4)
         spec = self.build_spec(n, params, head, launch_id)
         cookie = self.cookie_file(launch_id)
@@ -219,23 +226,24 @@ class JobManager(ClusterManager):
             _remove(cookie)
             raise LaunchError([(f"{self.job_kind} for {n} workers",
                                 f"submission failed: {err}\n{self.submit_hint}")]) from err
-        job = _Job(self, job_id, n, cookie)
-        with _lock:     # awaited from now on: another launch never refuses its offers as stale
-            _submitted.add(job_id)
-            _awaited.add(job_id)
+        joins = Joins(self, listener, head, params, launched, notify)
+        joins.expect(job_id, [f"{job_id}.{task}" for task in range(n)])
+        job = _Job(self, job_id, n, cookie, joins)
+        with _lock:
             _live[(id(self), job_id)] = job
         log.info("pydist: submitted %s %s for %d workers joining %s", self.job_kind, job_id, n, head)
         _watch(job, time.monotonic())
         try:
-            self._await_joins(job, listener, head, params, launched, notify)
+            failures = joins.run()
         finally:
+            joins.close()
             with _lock:
-                job.launching = False
-                _awaited.discard(job_id)
-                joined = job.joined
+                job.launching, job.joins = False, None
             _watch(job, time.monotonic())     # keeps watching only for the walltime margin
-            if joined == 0:                   # also after a failure: nothing is left behind
+            if joins.joined(job_id) == 0:     # also after a failure: nothing is left behind
                 _end(job, "no worker joined")
+        if failures:
+            raise LaunchError(failures)
 
     def join_argv(self, params: dict, head: str, launch_id: str) -> list[str]:
         """The command of one worker of this launch: dial `head`, read the cookie file, give up
@@ -243,84 +251,6 @@ class JobManager(ClusterManager):
         timeout = self.worker_timeout or params.get("worker_timeout")
         return worker_argv(params, "--join", head, "--cookie-file", self.cookie_file(launch_id),
                            *(["--join-timeout", f"{float(timeout):g}"] if timeout else []))
-
-    def head(self, host: str, port: int) -> str:
-        """The "host:port" workers dial: `join_host` if given, else the listener's address,
-        else (a wildcard listener) this machine's hostname, which the nodes resolve."""
-        host = self.join_host or (host if host not in ("0.0.0.0", "::", "") else socket.gethostname())
-        return host_port(host, port)
-
-    # -- the launch's wait ------------------------------------------------------------------
-    def _listen_address(self) -> tuple[str, int, str | None]:
-        """Bind to join_host when it is an address of this machine's, else to all interfaces."""
-        host = self.join_host
-        try:
-            ipaddress.ip_address(host or "")
-        except ValueError:
-            return "0.0.0.0", self.join_port, None
-        return host, self.join_port, host
-
-    def _await_joins(self, job: _Job, listener, head: str, params: dict,
-                     launched: list[WorkerConfig], notify: threading.Condition) -> None:
-        """Hand each worker of `job` that dials in to the core (counted in job.joined).
-        Raises LaunchError (listing the tasks that did not join) when the job pends too long,
-        ends, or does not bring all its workers within worker_timeout of starting."""
-        worker_timeout = float(self.worker_timeout or params["worker_timeout"])
-        missing = {f"{job.job_id}.{task}" for task in range(job.ntasks)}
-
-        def mine_or_stale(config: WorkerConfig) -> bool:
-            """This job's offer, or one from a job of ours that no launch awaits any more;
-            another launch's workers are left to it."""
-            ident = str(config.ident)
-            owner = _owner_of(ident)
-            with _lock:
-                return ident in missing or (owner in _submitted and owner not in _awaited)
-
-        while missing:
-            now = time.monotonic()
-            with _lock:
-                status, running_since = job.status, job.running_since
-            if status.state is JobState.ENDED:
-                raise self._failure(job, missing, f"ended ({status.reason or 'no reason given'}) "
-                                    "before these workers joined")
-            if running_since is None:
-                deadline = job.submitted + self.queue_timeout
-                if now >= deadline:       # launch() cancels the job on the way out
-                    raise self._pending_failure(job, status)
-            else:
-                deadline = running_since + worker_timeout
-                if now >= deadline:
-                    raise self._failure(job, missing, f"did not join {head} "
-                                        f"within {worker_timeout:.0f} s of the job starting")
-            config = listener.next_offer(min(self.poll_interval, deadline - now), mine_or_stale)
-            if config is None:
-                continue
-            ident = str(config.ident)
-            if ident not in missing:
-                log.warning("pydist: refused worker %s: its launch is over", ident)
-                refuse(config)
-                continue
-            with _lock:
-                job.joined += 1
-            missing.discard(ident)
-            with notify:
-                launched.append(config)
-                notify.notify_all()
-
-    def _failure(self, job: _Job, missing: set[str], why: str) -> LaunchError:
-        tasks = sorted(int(ident.rpartition(".")[2]) for ident in missing)
-        tail = self.output_tail(job.job_id)
-        which = f"task {tasks[0]}" if len(tasks) == 1 else f"tasks {_ranges(tasks)}"
-        reason = (f"{len(tasks)} of {job.ntasks} workers ({which}) {why}"
-                  + (f"; the job's output ends with:\n{tail}" if tail else
-                     "; the job wrote no output: check that the nodes can run the worker command"))
-        return LaunchError([(f"{self.job_kind} {job.job_id}", reason)])
-
-    def _pending_failure(self, job: _Job, status: JobStatus) -> LaunchError:
-        why = status.reason or "the scheduler gave no reason"
-        return LaunchError([(f"{self.job_kind} {job.job_id}",
-                             f"stayed PENDING ({why}) for {self.queue_timeout:.0f} s and was cancelled: "
-                             + self.pending_hint)])
 
     def _job_of(self, ident: Any) -> _Job | None:
         with _lock:
@@ -388,14 +318,14 @@ def _poll_batch(jobs: list[_Job]) -> None:
         log.warning("pydist: polling %s jobs %s failed (will retry): %s", jobs[0].manager.job_kind,
                     ", ".join(job.job_id for job in jobs), err)
         statuses = {}
-    now, retire = time.monotonic(), []
+    now, retire, reports = time.monotonic(), [], []
     with _lock:
         for job in jobs:
             status = statuses.get(job.job_id)
             if status is not None:
                 job.status = status
-                if status.state is not JobState.PENDING and job.running_since is None:
-                    job.running_since = now
+                if job.joins is not None:
+                    reports.append((job.joins, job.job_id, status))
             margin = job.manager.walltime_margin
             end = job.status.end_time
             if (margin is not None and end is not None and not job.launching and not job.retiring
@@ -404,6 +334,11 @@ def _poll_batch(jobs: list[_Job]) -> None:
                 retire.append((job, sorted(job.pids), end))
             job.next_poll = _next_poll(job, now)
         _lock.notify_all()
+    for joins, job_id, status in reports:
+        if status.state is JobState.ENDED:
+            status = JobStatus(JobState.ENDED, f"the job ended ({status.reason or 'no reason given'}) "
+                               "before they joined")
+        joins.report(job_id, status)
     for job, pids, end in retire:
         log.warning("pydist: %s %s reaches its time limit in %.0f s (walltime_margin=%.0f): removing "
                     "its workers %s", job.manager.job_kind, job.job_id, max(end - time.time(), 0),
@@ -441,13 +376,6 @@ def _end_all() -> None:
 
 
 # -- helpers --------------------------------------------------------------------------------
-def _ours(config: WorkerConfig) -> bool:
-    """An offer from a worker of a job this process submitted (ident `<job_id>.<task>`):
-    the join listener keeps such offers for the launches (listener.claim)."""
-    with _lock:
-        return _owner_of(str(config.ident)) in _submitted
-
-
 def _owner_of(ident: str) -> str:
     """The job id in a worker ident `<job_id>.<task>`."""
     return ident.rpartition(".")[0]
@@ -573,13 +501,3 @@ def _remove(path: str | None) -> None:
         except FileNotFoundError:
             pass
 
-
-def _ranges(numbers: list[int]) -> str:
-    """[0, 1, 2, 5] -> "0-2,5"."""
-    parts: list[tuple[int, int]] = []
-    for n in numbers:
-        if parts and parts[-1][1] == n - 1:
-            parts[-1] = (parts[-1][0], n)
-        else:
-            parts.append((n, n))
-    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in parts)

@@ -9,9 +9,12 @@ work unchanged, so this module gives SSHManager:
 - `_resolve`: one machine's `_Target` (host, port, user, keys, host-key checking, ProxyJump
   hops...), merged from the machine spec, sshflags, addprocs keywords, ssh_config and defaults;
 - `_HostKeyPolicy`: StrictHostKeyChecking (yes, accept-new, no) and known_hosts patterns
-  (`*`, `?`, `!`, matched by `_host_matches`), where paramiko matches names exactly.
+  (`*`, `?`, `!`, matched by `_host_matches`), where paramiko matches names exactly;
+- `_Connection`: one connection to a `_Target` through its jump hosts (ProxyJump,
+  ProxyCommand), shared by the workers that use it and closed with the last of them.
 
-No I/O here except reading ssh_config and known_hosts and appending a key (accept-new).
+No I/O here except reading ssh_config and known_hosts, appending a key (accept-new) and
+`_Connection`'s SSH sessions.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import os
 import re
 import shlex
 import threading
+import time
 from typing import Sequence
 
 import paramiko
@@ -233,8 +237,9 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
             return
         host, _, port = hostname.strip("[").partition("]:")
         scan = f"ssh-keyscan {'-p ' + port + ' ' if port else ''}{host}"
+        known = ", ".join(files) or f"none of {', '.join(self.target.known_hosts)} exists"
         raise _HostKeyError(f"the host key of {hostname} ({key.get_name()} {fingerprint}) is not in "
-                            f"known_hosts ({', '.join(files) or 'none of ' + ', '.join(self.target.known_hosts) + ' exists'}). "
+                            f"known_hosts ({known}). "
                             f"Check the fingerprint and add it (`{scan} >> ~/.ssh/known_hosts`), pass "
                             "known_hosts=FILE, or trust it on first use with accept_new_host_keys=True")
 
@@ -274,3 +279,101 @@ def _host_matches(patterns: str, name: str) -> bool:
                 return False
             hit = True
     return hit
+
+
+class _StartError(Exception):
+    """A host or worker could not be started; the message says why and what to do next."""
+
+
+# -- connections ---------------------------------------------------------------------------------
+class _Connection:
+    """One SSH connection (through its jump hosts), closed when the last worker using it is."""
+
+    def __init__(self, clients: list[paramiko.SSHClient]):
+        self.clients = clients                  # jump hosts first, the host itself last
+        self.transport = clients[-1].get_transport()
+        self._lock = threading.Lock()           # guards _refs
+        self._refs = 1
+
+    @classmethod
+    def open(cls, target: _Target) -> "_Connection":
+        chain, clients, sock = [*target.jumps, target], [], None
+        try:
+            for i, hop in enumerate(chain):
+                if sock is None and hop.proxy_command:
+                    sock = paramiko.ProxyCommand(hop.proxy_command)
+                clients.append(_client(hop, sock))
+                if i + 1 < len(chain):
+                    nxt = chain[i + 1]
+                    try:
+                        sock = clients[-1].get_transport().open_channel(
+                            "direct-tcpip", (nxt.host, nxt.port), ("127.0.0.1", 0), timeout=hop.timeout)
+                    except paramiko.SSHException as err:
+                        raise _StartError(f"the jump host {hop} could not connect to "
+                                          f"{host_port(nxt.host, nxt.port)} ({err}); check the ProxyJump "
+                                          "host and that it may forward (AllowTcpForwarding)") from err
+        except BaseException:
+            for client in reversed(clients):
+                client.close()
+            raise
+        return cls(clients)
+
+    def acquire(self, n: int = 1) -> None:
+        with self._lock:
+            self._refs += n
+
+    def release(self) -> None:
+        with self._lock:
+            self._refs -= 1
+            last = self._refs == 0
+        if last:
+            for client in reversed(self.clients):
+                client.close()
+
+    def run(self, command: str, timeout: float) -> tuple[int, str]:
+        """Run a short command in a new session; (exit status, output). Bounded by timeout."""
+        deadline = time.monotonic() + timeout
+        channel = self.transport.open_session(timeout=timeout)
+        try:
+            channel.set_combine_stderr(True)
+            channel.settimeout(timeout)
+            channel.exec_command(command)
+            channel.shutdown_write()
+            out = bytearray()
+            while chunk := channel.recv(1 << 16):
+                out += chunk
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{command!r} still printing after {timeout:.0f} s")
+            if not channel.status_event.wait(max(deadline - time.monotonic(), 0)):
+                raise TimeoutError(f"{command!r} did not finish within {timeout:.0f} s")
+            return channel.recv_exit_status(), out.decode(errors="replace")
+        finally:
+            channel.close()
+
+
+def _client(target: _Target, sock) -> paramiko.SSHClient:
+    client = paramiko.SSHClient()
+    for path in target.known_hosts_files():
+        client.load_system_host_keys(path)
+    client.set_missing_host_key_policy(_HostKeyPolicy(target))
+    keys = [k for k in target.key_files if os.path.isfile(k)]
+    for missing in set(target.key_files) - set(keys):
+        log.debug("pydist: identity file %s does not exist", missing)
+    try:
+        client.connect(target.host, target.port, username=target.user, key_filename=keys or None,
+                       timeout=target.timeout, banner_timeout=target.timeout, auth_timeout=target.timeout,
+                       allow_agent=not target.identities_only,
+                       look_for_keys=not target.identities_only, compress=target.compress, sock=sock)
+    except paramiko.AuthenticationException as err:
+        client.close()
+        tried = ", ".join(keys) or "none"
+        raise _StartError(f"{target} refused authentication ({err}); keys tried: {tried}"
+                          + ("" if target.identities_only else " (plus ssh-agent and ~/.ssh/id_*)")
+                          + f". Pass the right key (sshflags=['-i', KEY]) and check that its public "
+                          f"key is in ~{target.user}/.ssh/authorized_keys there") from None
+    except BaseException:
+        client.close()
+        raise
+    if target.keepalive:
+        client.get_transport().set_keepalive(target.keepalive)
+    return client

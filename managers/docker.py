@@ -41,13 +41,10 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the installation
     raise ImportError("DockerManager needs the Docker SDK: pip install 'pydist[docker]'") from err
 
-from pydist import ClusterManager, LaunchError, WorkerConfig, cluster_cookie, settings
 from pydist.cluster import relay_output
-from pydist.manager import ask_to_exit
-from pydist.process import STATE
-from pydist.worker import parse_address
 
-from ._base import DEFAULT_IMAGE, forwarded_env, worker_env
+from .base import (DEFAULT_IMAGE, ClusterManager, LaunchError, WorkerConfig, ask_to_exit, cluster_cookie,
+                   cluster_id, forwarded_env, master_hostname, parse_address, settings, worker_env)
 
 log = logging.getLogger("pydist")
 
@@ -97,10 +94,10 @@ class DockerManager(ClusterManager):
 
     def container_spec(self, pid: int, environment: dict[str, str]) -> dict:
         """The keyword arguments of `containers.create` for worker `pid`; no I/O, no cookie."""
-        labels = {**self.labels, LABEL_CLUSTER: STATE.cluster_id, LABEL_PID: str(pid),
-                  LABEL_MASTER: f"{STATE.hostname}:{os.getpid()}"}
+        labels = {**self.labels, LABEL_CLUSTER: cluster_id(), LABEL_PID: str(pid),
+                  LABEL_MASTER: f"{master_hostname()}:{os.getpid()}"}
         spec = {"image": self.image, "entrypoint": WORKER_COMMAND, "command": [],
-                "name": f"{self.name_prefix}-{STATE.cluster_id}-{pid}", "labels": labels,
+                "name": f"{self.name_prefix}-{cluster_id()}-{pid}", "labels": labels,
                 "environment": environment, "stdin_open": True, "init": True, "auto_remove": True,
                 "detach": True}
         optional = {"network": self.network, "volumes": self.volumes, "mem_limit": self.memory,
@@ -184,6 +181,11 @@ class DockerManager(ClusterManager):
         """On "deregister" (the worker is gone) make sure its container is gone too."""
         if op == "deregister" and isinstance(config.userdata, _Container):
             _remove(config.userdata.container)
+
+    def replacement(self, config: WorkerConfig) -> "DockerManager":
+        """One more container like the others (same image, network, limits, labels)."""
+        return DockerManager(1, self.image, self.network, self.cpus, self.memory, self.env,
+                             self.volumes, self.labels, self.docker_url, self.name_prefix)
 
     def kill(self, pid: int, config: WorkerConfig) -> None:
         """Ask worker `pid` to exit, stop its container if it did not, wait until it is removed."""

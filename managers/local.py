@@ -21,9 +21,7 @@ import socket
 import subprocess
 import threading
 
-from pydist import ClusterManager, WorkerConfig, cluster_cookie
-
-from ._base import worker_argv, worker_command, worker_env
+from .base import ClusterManager, WorkerConfig, cluster_cookie, worker_argv, worker_command, worker_env
 from ._forkserver import ForkServer, ForkServerError
 
 log = logging.getLogger("pydist")
@@ -35,6 +33,7 @@ class LocalManager(ClusterManager):
     def __init__(self, n: int, restrict: bool = True):
         self.n = n
         self.restrict = restrict
+        self.params = {"restrict": restrict}     # addprocs's keywords for LocalManager, with defaults
 
     def launch(self, params: dict, launched: list[WorkerConfig], notify: threading.Condition) -> None:
         bind = "127.0.0.1" if params.get("restrict", self.restrict) else "0.0.0.0"
@@ -94,6 +93,9 @@ class LocalManager(ClusterManager):
 
     def manage(self, pid: int, config: WorkerConfig, op: str) -> None:
         """Nothing to do: the core interrupts calls and relays output for local workers."""
+
+    def replacement(self, config: WorkerConfig) -> "LocalManager":
+        return LocalManager(1, restrict=self.restrict)
 
     def __repr__(self) -> str:
         return f"LocalManager(n={self.n}, restrict={self.restrict})"

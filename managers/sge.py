@@ -27,11 +27,8 @@ import shlex
 import xml.etree.ElementTree as ET
 from typing import Sequence
 
-from pydist import default_addprocs_params
-
-from ._base import CommandError, forwarded_env, run
-from ._jobs import (JobManager, JobState, JobStatus, LocalLaunch, check_worker_count, export_lines,
-                    launch_status, stop_launches)
+from .base import (CommandError, JobManager, JobState, JobStatus, LocalLaunch, check_worker_count,
+                   default_addprocs_params, export_lines, forwarded_env, launch_status, run, stop_launches)
 
 COMMAND_TIMEOUT = 30.0      # qmaster answers in milliseconds; a hung one must not hang addprocs
 # qstat's state letters: E error (never starts by itself), d being deleted, r/t running.

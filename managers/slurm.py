@@ -10,7 +10,7 @@ Inside an allocation (a script run by sbatch or salloc), `addprocs(SlurmManager(
 `n` runs that command as one step of SLURM_NTASKS tasks of the allocation, started by `srun`
 from the master (the batch script itself); the ident is `$SLURM_JOB_ID.<launch>.<task>`.
 
-Which side connects.  The worker: it dials the master's join listener (pydist.managers.elastic) at
+Which side connects.  The worker: it dials the master's join listener (pydist.managers._join) at
 `join_host` (default: the master's hostname) and authenticates with the cookie, which it
 reads from a 0600 file in `output_dir` that the master writes before submitting and removes
 when the job ends.  The cookie is never on a command line, in the script or in the
@@ -36,11 +36,8 @@ import os
 import shlex
 from typing import Sequence
 
-from pydist import default_addprocs_params
-
-from ._base import CommandError, run
-from ._jobs import (JobManager, JobState, JobStatus, LocalLaunch, check_worker_count, export_lines as _exports,
-                    launch_status, stop_launches)
+from .base import (CommandError, JobManager, JobState, JobStatus, LocalLaunch, check_worker_count,
+                   default_addprocs_params, export_lines as _exports, launch_status, run, stop_launches)
 
 # squeue states in which the job has its resources and its tasks run (CONFIGURING: nodes
 # still booting, so the launch timer has not started yet).

@@ -49,13 +49,10 @@ try:
 except ImportError as _err:  # pragma: no cover - depends on the installation
     raise ImportError("SSHManager needs paramiko: pip install 'pydist[ssh]'") from _err
 
-from pydist import ClusterManager, LaunchError, WorkerConfig, cluster_cookie, settings
-from pydist.manager import ask_to_exit
-from pydist.worker import parse_address
-
-from ._base import forwarded_env, host_port, worker_argv, worker_env
-from ._openssh import (_HostKeyError, _HostKeyPolicy, _Target, _load_ssh_config, _parse_sshflags,
-                       _resolve, parse_machine)
+from .base import (ClusterManager, LaunchError, WorkerConfig, ask_to_exit, cluster_cookie, forwarded_env,
+                   host_port, parse_address, settings, worker_argv, worker_env)
+from ._openssh import (_Connection, _HostKeyError, _load_ssh_config, _parse_sshflags, _resolve, _StartError,
+                       _Target, parse_machine)
 
 log = logging.getLogger("pydist")
 
@@ -65,10 +62,6 @@ PID_MARKER = "pydist_ssh_pid:"
 GRACE = 1.0
 # What reading or writing a channel raises once it or its connection is gone.
 _CLOSED = (OSError, EOFError, paramiko.SSHException)
-
-
-class _StartError(Exception):
-    """A host or worker could not be started; the message says why and what to do next."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,8 +78,10 @@ class SSHManager(ClusterManager):
     """Workers on the given machines, started over SSH: `addprocs(["host", "user@host:2222",
     ("host", 4), ("host", "auto")], **kw)` builds one (Julia: SSHManager)."""
 
-    # Keywords addprocs accepts for SSH on top of the common ones (see docs/managers/ssh.md).
-    params = {"ssh_config": "~/.ssh/config", "known_hosts": None, "accept_new_host_keys": False}
+    # Keywords addprocs accepts for SSH on top of the common ones, with their defaults (Julia's
+    # SSHManager keywords, then ours; see docs/managers/ssh.md).
+    params = {"tunnel": False, "multiplex": False, "sshflags": [], "max_parallel": 10, "shell": "posix",
+              "ssh_config": "~/.ssh/config", "known_hosts": None, "accept_new_host_keys": False}
 
     def __init__(self, machines: Sequence[str | tuple[str, int | str]] | str):
         self.machines = [self._parse_entry(m) for m in ([machines] if isinstance(machines, str) else machines)]
@@ -210,7 +205,7 @@ class SSHManager(ClusterManager):
             conn.release()
             raise
         tunnel = bool(params.get("tunnel"))
-        remote = _Remote(ident, conn, channel, pgid, host.machine.bind, tunnel)
+        remote = _Remote(ident, conn, channel, pgid, host.machine.bind, tunnel, host.machine.spec)
         config = WorkerConfig(io=_Output(out, early, remote), host=host.target.host, ident=ident,
                               count=host.count, exename=params.get("exename"),
                               exeflags=params.get("exeflags"), tunnel=tunnel,
@@ -255,6 +250,10 @@ class SSHManager(ClusterManager):
         ask_to_exit(pid, settings.EXIT_TIMEOUT)
         config.userdata.stop()
 
+    def replacement(self, config: WorkerConfig) -> "SSHManager":
+        """One worker on the machine of the one that died (same user, port, bind address)."""
+        return SSHManager([(config.userdata.machine, 1)])
+
     def __repr__(self) -> str:
         return f"SSHManager({[m.spec if m.count == 1 else (m.spec, m.count) for m in self.machines]!r})"
 
@@ -266,100 +265,6 @@ def _shell_path(path: str) -> str:
     if path.startswith("~/"):
         return '"$HOME"/' + shlex.quote(path[2:])
     return shlex.quote(path)
-
-
-# -- connections ---------------------------------------------------------------------------------
-class _Connection:
-    """One SSH connection (through its jump hosts), closed when the last worker using it is."""
-
-    def __init__(self, clients: list[paramiko.SSHClient]):
-        self.clients = clients                  # jump hosts first, the host itself last
-        self.transport = clients[-1].get_transport()
-        self._lock = threading.Lock()           # guards _refs
-        self._refs = 1
-
-    @classmethod
-    def open(cls, target: _Target) -> "_Connection":
-        chain, clients, sock = [*target.jumps, target], [], None
-        try:
-            for i, hop in enumerate(chain):
-                if sock is None and hop.proxy_command:
-                    sock = paramiko.ProxyCommand(hop.proxy_command)
-                clients.append(_client(hop, sock))
-                if i + 1 < len(chain):
-                    nxt = chain[i + 1]
-                    try:
-                        sock = clients[-1].get_transport().open_channel(
-                            "direct-tcpip", (nxt.host, nxt.port), ("127.0.0.1", 0), timeout=hop.timeout)
-                    except paramiko.SSHException as err:
-                        raise _StartError(f"the jump host {hop} could not connect to "
-                                          f"{host_port(nxt.host, nxt.port)} ({err}); check the ProxyJump "
-                                          "host and that it may forward (AllowTcpForwarding)") from err
-        except BaseException:
-            for client in reversed(clients):
-                client.close()
-            raise
-        return cls(clients)
-
-    def acquire(self, n: int = 1) -> None:
-        with self._lock:
-            self._refs += n
-
-    def release(self) -> None:
-        with self._lock:
-            self._refs -= 1
-            last = self._refs == 0
-        if last:
-            for client in reversed(self.clients):
-                client.close()
-
-    def run(self, command: str, timeout: float) -> tuple[int, str]:
-        """Run a short command in a new session; (exit status, output). Bounded by timeout."""
-        deadline = time.monotonic() + timeout
-        channel = self.transport.open_session(timeout=timeout)
-        try:
-            channel.set_combine_stderr(True)
-            channel.settimeout(timeout)
-            channel.exec_command(command)
-            channel.shutdown_write()
-            out = bytearray()
-            while chunk := channel.recv(1 << 16):
-                out += chunk
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{command!r} still printing after {timeout:.0f} s")
-            if not channel.status_event.wait(max(deadline - time.monotonic(), 0)):
-                raise TimeoutError(f"{command!r} did not finish within {timeout:.0f} s")
-            return channel.recv_exit_status(), out.decode(errors="replace")
-        finally:
-            channel.close()
-
-
-def _client(target: _Target, sock) -> paramiko.SSHClient:
-    client = paramiko.SSHClient()
-    for path in target.known_hosts_files():
-        client.load_system_host_keys(path)
-    client.set_missing_host_key_policy(_HostKeyPolicy(target))
-    keys = [k for k in target.key_files if os.path.isfile(k)]
-    for missing in set(target.key_files) - set(keys):
-        log.debug("pydist: identity file %s does not exist", missing)
-    try:
-        client.connect(target.host, target.port, username=target.user, key_filename=keys or None,
-                       timeout=target.timeout, banner_timeout=target.timeout, auth_timeout=target.timeout,
-                       allow_agent=not target.identities_only,
-                       look_for_keys=not target.identities_only, compress=target.compress, sock=sock)
-    except paramiko.AuthenticationException as err:
-        client.close()
-        tried = ", ".join(keys) or "none"
-        raise _StartError(f"{target} refused authentication ({err}); keys tried: {tried}"
-                          + ("" if target.identities_only else " (plus ssh-agent and ~/.ssh/id_*)")
-                          + f". Pass the right key (sshflags=['-i', KEY]) and check that its public "
-                          f"key is in ~{target.user}/.ssh/authorized_keys there") from None
-    except BaseException:
-        client.close()
-        raise
-    if target.keepalive:
-        client.get_transport().set_keepalive(target.keepalive)
-    return client
 
 
 # -- one worker ------------------------------------------------------------------------------------
@@ -437,9 +342,11 @@ class _Output:
 class _Remote:
     """One worker's SSH session and how far it got (WorkerConfig.userdata)."""
 
-    def __init__(self, ident: str, conn: _Connection, channel, pgid: int, bind: str, tunnel: bool):
+    def __init__(self, ident: str, conn: _Connection, channel, pgid: int, bind: str, tunnel: bool,
+                 machine: str):
         self.ident, self.conn, self.channel, self.pgid = ident, conn, channel, pgid
         self.bind, self.tunnel = bind, tunnel
+        self.machine = machine                  # its machine spec: where a replacement starts
         self._cond = threading.Condition()      # guards the times below and _stopped
         self.reading: float | None = None       # monotonic times: the core started reading,
         self.address: float | None = None       # the address line passed,

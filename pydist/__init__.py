@@ -1,5 +1,28 @@
 """pydist: Julia's Distributed standard library for Python."""
 
+import importlib.abc
+import importlib.util
+import os
+import sys
+
+
+class _CheckoutManagers(importlib.abc.MetaPathFinder):
+    """`pydist.managers` from a source checkout used without an install (PYTHONPATH=the
+    repository): the top-level managers/ folder, as an install maps it (pyproject.toml's
+    package-dir). Consulted after every other finder, so an installed copy always wins."""
+
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "managers")
+
+    def find_spec(self, name, path, target=None):
+        if name != "pydist.managers" or not os.path.isfile(os.path.join(self.folder, "__init__.py")):
+            return None
+        return importlib.util.spec_from_file_location(
+            name, os.path.join(self.folder, "__init__.py"), submodule_search_locations=[self.folder])
+
+
+if not any(isinstance(finder, _CheckoutManagers) for finder in sys.meta_path):
+    sys.meta_path.append(_CheckoutManagers())
+
 from .calls import (fetchany, fetchfrom, remote_do, remotecall, remotecall_fetch, remotecall_wait,
                     spawn, spawnat)
 from .channel import Channel

@@ -13,6 +13,7 @@ internal calls), and wakes a `time.sleep` in them (worker.py makes sleep interru
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import functools
 import itertools
@@ -21,12 +22,13 @@ import operator
 import os
 import sys
 import threading
+from concurrent.futures import CancelledError
 from typing import Any, Callable
 
 from .errors import CapturedException, remote_exception
 from .messages import NO_RRID, Kind, Mode
 from .process import STATE, internal, myid, result, send_call, workers
-from .refs import RRID, Future, _Failed, _lookup, expect_push, fetch, store_outcome
+from .refs import RRID, Future, _Failed, _lookup, _refs, expect_push, fetch, store_outcome
 from .serialize import dumps, dumps_small, loads
 from .transport import release_reading
 
@@ -47,8 +49,13 @@ def _set_async_exc(tid: int, exc) -> None:
 @internal
 def interrupt_calls() -> int:
     """Raise KeyboardInterrupt in every thread running a user call here; returns how many."""
+    return interrupt_threads(None)
+
+
+def interrupt_threads(tids: set[int] | None) -> int:
+    """Raise KeyboardInterrupt in those of `tids` (None: all) that run a user call now."""
     with _running_lock:
-        targets = _running - _interrupted
+        targets = (_running if tids is None else _running & tids) - _interrupted
         for tid in targets:
             _interrupted.add(tid)
             _set_async_exc(tid, KeyboardInterrupt)
@@ -111,7 +118,10 @@ def _run_user(func: Callable, args, kwargs):
 
 # -- the callee side -------------------------------------------------------------------------
 def _on_call(link, mode, rrid, msg_id, body, buffers) -> bool:
-    if mode == Mode.FUTURE or mode == Mode.WAIT:
+    if mode == Mode.FETCH:
+        if rrid[1]:
+            return _on_lane_call(link, (link.peer, rrid[1]), msg_id, body, buffers)
+    elif mode == Mode.FUTURE or mode == Mode.WAIT:
         _lookup(RRID(*rrid))            # counted now, before a later DEL_CLIENTS on this link
     return link.run_inline(_serve_call, link, mode, rrid, msg_id, body, buffers)
 
@@ -119,6 +129,15 @@ def _on_call(link, mode, rrid, msg_id, body, buffers) -> bool:
 def _serve_call(link, mode, rrid, msg_id, body, buffers) -> None:
     me = myid()
     ok, value, failure = False, None, None
+    target = None
+    if mode == Mode.FUTURE or mode == Mode.WAIT:
+        target = _refs.get(RRID(*rrid))
+        if target is not None:
+            if target.is_set:           # cancelled before it started: never runs
+                if mode == Mode.WAIT:
+                    _answer(link, msg_id, None, None)
+                return
+            target.runner = threading.get_ident()     # Future.cancel(interrupt=True) aims here
     try:
         func, args, kwargs = loads(body, buffers)
     except BaseException as err:
@@ -137,13 +156,107 @@ def _serve_call(link, mode, rrid, msg_id, body, buffers) -> None:
         _answer(link, msg_id, value, failure)
     elif mode == Mode.FUTURE or mode == Mode.WAIT:
         outcome = value if ok else _Failed(failure)
-        store_outcome(RRID(*rrid), outcome)
+        stored = store_outcome(RRID(*rrid), outcome)
         if mode == Mode.WAIT:
-            _answer(link, msg_id, None, failure)
-        else:
+            _answer(link, msg_id, None, failure if stored else None)
+        elif stored:
             _push(link, rrid, outcome)
     elif not ok:
         _print_failure(failure)
+
+
+# -- lanes: a caller's calls that run one at a time ------------------------------------------
+# A FETCH call whose rrid.id is not 0 belongs to lane rrid.id of its caller (pmap keeps one
+# lane per worker it uses, the Executor one per call): the lane's calls run one after the
+# other in the order they came, so a caller can send the next call ahead without it running
+# beside the current one, and can cancel what is queued (`cancel_lanes`).
+
+class _Lane:
+    __slots__ = ("tid", "queued")
+
+    def __init__(self):
+        self.tid = 0                              # the thread running the lane's calls
+        self.queued: collections.deque = collections.deque()   # (msg_id, body, buffers)
+
+
+_lanes_lock = threading.Lock()       # guards _lanes, _cancelled_lanes and every _Lane's fields
+_lanes: dict[tuple[int, int], _Lane] = {}         # (caller, lane) -> a lane with calls
+_cancelled_lanes: set[tuple[int, int]] = set()    # lanes whose caller cancelled them
+
+
+def _on_lane_call(link, key, msg_id, body, buffers) -> bool:
+    with _lanes_lock:
+        cancelled = key in _cancelled_lanes
+        if not cancelled:
+            lane = _lanes.get(key)
+            if lane is not None:                  # busy: runs after the calls before it
+                lane.queued.append((msg_id, body, buffers))
+                return False
+            lane = _lanes[key] = _Lane()
+    if cancelled:
+        _answer(link, msg_id, None, _cancelled(key[0]))
+        return False
+    return link.run_inline(_serve_lane, link, key, lane, (msg_id, body, buffers))
+
+
+def _serve_lane(link, key, lane: _Lane, call: tuple) -> None:
+    lane.tid = threading.get_ident()
+    while True:
+        _serve_call(link, Mode.FETCH, NO_RRID, *call)
+        with _lanes_lock:
+            if not lane.queued:
+                del _lanes[key]
+                return
+            call = lane.queued.popleft()
+
+
+def _cancelled(caller: int):
+    return remote_exception(myid(), CancelledError(f"cancelled by process {caller}"))
+
+
+@internal
+def cancel_lanes(caller: int, lanes: list[int]) -> None:
+    """Cancel `caller`'s lanes here: their queued calls never start (each is answered with
+    CancelledError), their running call gets a KeyboardInterrupt, later calls are refused."""
+    dropped, tids = [], set()
+    with _lanes_lock:
+        for lane_id in lanes:
+            key = (caller, lane_id)
+            _cancelled_lanes.add(key)
+            lane = _lanes.get(key)
+            if lane is not None:
+                dropped.extend(lane.queued)
+                lane.queued.clear()
+                tids.add(lane.tid)
+    interrupt_threads(tids)
+    link = STATE.links.get(caller)
+    if link is not None:
+        for msg_id, _body, _buffers in dropped:
+            _answer(link, msg_id, None, _cancelled(caller))
+
+
+_lane_ids = itertools.count(1)
+
+
+def new_lane() -> int:
+    """A lane id of this process's, for calls to send one at a time (send_call(rrid=(0, lane)))."""
+    return next(_lane_ids)
+
+
+def cancel_remotely(pid: int, lanes) -> None:
+    """Ask process `pid` to cancel this process's `lanes` there (see cancel_lanes); does not
+    wait. A process that is gone runs nothing any more."""
+    try:
+        send_call(pid, Mode.DO, cancel_lanes, (myid(), list(lanes)))
+    except Exception:
+        pass
+
+
+def _forget_lanes(pid: int) -> None:
+    """Exit hook: the lanes of an exited caller."""
+    with _lanes_lock:
+        for key in [k for k in _cancelled_lanes if k[0] == pid]:
+            _cancelled_lanes.discard(key)
 
 
 # A remotecall's result up to this size is also sent to the caller at once, so fetching it
@@ -209,6 +322,7 @@ def _exit_process(code) -> None:
 
 
 STATE.handlers[Kind.CALL] = _on_call
+STATE.exit_hooks.append(_forget_lanes)
 
 
 # -- the caller side ----------------------------------------------------------------------------
@@ -226,8 +340,13 @@ def _accepts_pools(call):
 
 
 def _local_run(rrid: RRID, func, args, kwargs) -> None:
+    target = _refs.get(rrid)
+    if target is not None:
+        if target.is_set:               # cancelled before it started
+            return
+        target.runner = threading.get_ident()
     try:
-        value = func(*args, **kwargs)
+        value = _run_user(func, args, kwargs)
     except BaseException as err:
         value = _Failed(remote_exception(myid(), err))
     store_outcome(rrid, value)
@@ -256,14 +375,18 @@ def remotecall(func: Callable, pid, *args, **kwargs) -> Future:
 
 
 @_accepts_pools
-def remotecall_fetch(func: Callable, pid, *args, **kwargs) -> Any:
-    """Run func on `pid` and return its result; raises RemoteException if it raised."""
+def remotecall_fetch(func: Callable, pid, *args, timeout: float | None = None, **kwargs) -> Any:
+    """Run func on `pid` and return its result; raises RemoteException if it raised.
+
+    `timeout` (seconds; pydist's own keyword, not passed to func): TimeoutError when no answer
+    came in time. The call is not stopped by it (`interrupt(pid)` does that); its late answer
+    is dropped. A function that takes a `timeout` keyword gets it through functools.partial."""
     if pid == myid():
         try:
             return func(*args, **kwargs)
         except BaseException as err:
             raise remote_exception(pid, err) from None
-    return result(send_call(pid, Mode.FETCH, func, args, kwargs))
+    return result(send_call(pid, Mode.FETCH, func, args, kwargs), timeout)
 
 
 @_accepts_pools

@@ -21,6 +21,15 @@ from .transport import release_reading
 WAKE_SECONDS = 0.2
 
 
+def _deadline(timeout: float | None) -> float | None:
+    """The monotonic time a wait of `timeout` seconds ends (None: never)."""
+    if timeout is None:
+        return None
+    if timeout < 0:
+        raise ValueError(f"timeout must be >= 0 or None, not {timeout!r}")
+    return time.monotonic() + timeout
+
+
 class Channel:
     """A queue of at most `size` items (`size=0`: each put waits for its taker;
     `size=math.inf`: unbounded). Safe to use from any thread."""
@@ -52,27 +61,31 @@ class Channel:
                     self._wait(WAKE_SECONDS)
         return item
 
-    def take(self) -> Any:
+    def take(self, timeout: float | None = None) -> Any:
         """Remove and return the first item, blocking while empty (Julia: take!).
 
-        Raises InvalidStateError once closed and empty, so a consumer loop ends instead of hanging."""
+        Raises InvalidStateError once closed and empty, so a consumer loop ends instead of
+        hanging; TimeoutError if no item came within `timeout` seconds (nothing is taken)."""
+        deadline = _deadline(timeout)
         with self._cond:
             while not self._items:
                 if self._closed:
                     raise InvalidStateError("take on a closed, empty channel")
-                self._wait(WAKE_SECONDS)
+                self._wait_until(deadline, "take")
             item = self._items.popleft()
             self._taken += 1
             self._cond.notify_all()
             return item
 
-    def fetch(self) -> Any:
-        """Return the first item without removing it, blocking while empty."""
+    def fetch(self, timeout: float | None = None) -> Any:
+        """Return the first item without removing it, blocking while empty; TimeoutError if
+        none came within `timeout` seconds."""
+        deadline = _deadline(timeout)
         with self._cond:
             while not self._items:
                 if self._closed:
                     raise InvalidStateError("fetch on a closed, empty channel")
-                self._wait(WAKE_SECONDS)
+                self._wait_until(deadline, "fetch")
             return self._items[0]
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -93,6 +106,16 @@ class Channel:
     def _wait(self, timeout: float | None) -> None:
         release_reading()
         self._cond.wait(timeout)
+
+    def _wait_until(self, deadline: float | None, what: str) -> None:
+        """Wait for a change, at most until `deadline` (TimeoutError after it)."""
+        if deadline is None:
+            self._wait(WAKE_SECONDS)
+            return
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"{what}: no item came within the timeout")
+        self._wait(min(remaining, WAKE_SECONDS))
 
     def isready(self) -> bool:
         """True if a take would not block."""

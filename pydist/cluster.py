@@ -8,6 +8,15 @@ then does addprocs return, so old and new workers can call each other.
 
 Worker output read from `WorkerConfig.io` is relayed to the master's stdout by a thread per
 worker (`pydist-output-<pid>`), each line prefixed `From worker N:`.
+
+Workers that come back.  `addprocs(..., restart=True)` puts the workers it starts in a
+restart group: when one of them exits without being removed (it crashed, was killed, went
+over its `memory_limit`, or stopped answering heartbeats), a thread `pydist-restart-<pid>`
+asks its manager for a replacement (`ClusterManager.replacement`) and adds it with the same
+keywords, under a new id, so the default pool, `everywhere(..., new_workers=True)` code and
+log settings reach it as they reach any new worker.  A group restarts at most
+`RESTART_LIMIT` workers (or the number given as `restart=`), so a worker that dies at start
+does not restart forever.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import itertools
 import logging
 import math
 import queue
+import re
 import shlex
 import sys
 import threading
@@ -32,8 +42,8 @@ from .errors import LaunchError, ProcessExitedException
 from .manager import ClusterManager, WorkerConfig, default_addprocs_params, reap, stop_process
 from .messages import Kind, Mode
 from .process import (STATE, WorkerInfo, add_members, cluster_cookie, myid, configure_heartbeat,
-                      on_close, on_frame, peer_exited, result, secure, send_call, start_heartbeat,
-                      workers)
+                      on_close, on_frame, peer_exited, result, secure, send_call, share_memory,
+                      start_heartbeat, workers)
 from .serialize import dumps, loads
 from .handshake import handshake
 from .transport import Link
@@ -41,10 +51,14 @@ from .worker import parse_address
 
 log = logging.getLogger("pydist")
 
-# Keywords addprocs accepts besides default_addprocs_params() and a manager's own `params`.
-_MANAGER_KEYWORDS = {"restrict": True, "tunnel": False, "multiplex": False, "sshflags": [],
-                     "max_parallel": 10, "shell": "posix", "worker_timeout": None, "tls": None,
-                     "heartbeat_timeout": None}
+# Keywords addprocs accepts for every manager besides default_addprocs_params(); a manager
+# declares its own (LocalManager's restrict, SSHManager's tunnel, ...) in its `params`.
+_MANAGER_KEYWORDS = {"worker_timeout": None, "tls": None, "heartbeat_timeout": None, "restart": False,
+                     "memory_limit": None}
+
+# restart=True replaces at most this many workers of one addprocs call: enough for a long
+# run's occasional crashes, while a worker that dies at every start gives up soon.
+RESTART_LIMIT = 16
 
 
 class WorkerState(enum.Enum):
@@ -55,10 +69,18 @@ class WorkerState(enum.Enum):
 
 
 @dataclass
+class _RestartGroup:
+    """The workers of one addprocs(..., restart=...) call: replaced when they die."""
+    keywords: dict          # the caller's addprocs keywords, given to the replacements too
+    restarts_left: int
+
+
+@dataclass
 class _Worker:
     pid: int
     manager: ClusterManager
     config: WorkerConfig
+    group: _RestartGroup | None = None
     state: WorkerState = WorkerState.RUNNING
     started: float = field(default_factory=time.time)
     gone: threading.Event = field(default_factory=threading.Event)   # every process forgot it
@@ -68,6 +90,7 @@ _registry: dict[int, _Worker] = {}      # pid -> worker, on the master; guarded 
 _pids = itertools.count(2)              # ids are never reused while the master lives
 _addprocs_lock = threading.Lock()       # addprocs runs one at a time (Julia: worker_lock)
 _added_hooks: list = []                 # fn(pids) after workers joined (default pool)
+_exiting = False                        # the master is shutting down: nothing restarts
 _print_lock = threading.Lock()          # one relayed line at a time on stdout
 relay_write = None                      # replaced while a progress bar is shown (pmap)
 
@@ -154,6 +177,11 @@ def addprocs(spec: Any = None, **kwargs) -> list[int]:
         raise RuntimeError(f"addprocs can only be called on process 1, not on process {myid()}")
     manager = _manager_for(spec, kwargs)
     params = _params_for(manager, kwargs)
+    group = _restart_group(manager, params, kwargs)
+    return _add(manager, params, group)
+
+
+def _add(manager: ClusterManager, params: dict, group: _RestartGroup | None) -> list[int]:
     with _addprocs_lock:
         _check_topology(params)
         _check_tls(params)
@@ -161,7 +189,7 @@ def addprocs(spec: Any = None, **kwargs) -> list[int]:
             configure_heartbeat(params["heartbeat_timeout"])
         cluster_cookie()
         _ensure_master_setup()
-        added, failures = _launch_and_setup(manager, params)
+        added, failures = _launch_and_setup(manager, params, group)
         _sync_members()
         for hook in _added_hooks:
             hook(added)
@@ -191,8 +219,8 @@ def _params_for(manager: ClusterManager, kwargs: dict) -> dict:
     params = {**default_addprocs_params(), **_MANAGER_KEYWORDS, **getattr(manager, "params", {})}
     unknown = sorted(set(kwargs) - set(params))
     if unknown:
-        raise TypeError(f"addprocs() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
-                        f"it accepts {', '.join(sorted(params))}")
+        raise TypeError(f"addprocs() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}: "
+                        f"{type(manager).__name__} does not take them; it accepts {', '.join(sorted(params))}")
     params.update(kwargs)
     if isinstance(params["exeflags"], str):
         params["exeflags"] = shlex.split(params["exeflags"])
@@ -203,7 +231,43 @@ def _params_for(manager: ClusterManager, kwargs: dict) -> dict:
                          f"not {params['topology']!r}")
     if params["worker_timeout"] is None:
         params["worker_timeout"] = settings.WORKER_TIMEOUT
+    params["memory_limit"] = parse_size(params["memory_limit"], "memory_limit")
     return params
+
+
+def _restart_group(manager: ClusterManager, params: dict, kwargs: dict) -> _RestartGroup | None:
+    restart = params["restart"]
+    if restart is False or restart == 0:
+        return None
+    if restart is True or restart == "on-failure":
+        limit = RESTART_LIMIT
+    elif isinstance(restart, int) and not isinstance(restart, bool) and restart > 0:
+        limit = restart
+    else:
+        raise ValueError(f"restart must be True, False, 'on-failure' or a number of restarts, "
+                         f"not {restart!r}")
+    try:                 # a manager that cannot replace workers says why now, not at a death
+        manager.replacement(WorkerConfig())
+    except TypeError:
+        raise
+    except Exception:
+        pass             # it needs a real worker's config: it can replace, it just cannot tell
+    return _RestartGroup(dict(kwargs), limit)
+
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(size: int | float | str | None, what: str) -> int | None:
+    """Bytes from 2_000_000_000, "2GB", "1.5 GiB" or "512m" (units are powers of 1024)."""
+    if size is None or (isinstance(size, (int, float)) and not isinstance(size, bool)):
+        if size is not None and size <= 0:
+            raise ValueError(f"{what} must be positive, not {size!r}")
+        return None if size is None else int(size)
+    found = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", str(size), re.IGNORECASE)
+    if not found or float(found[1]) <= 0:
+        raise ValueError(f"{what}={size!r}: give a number of bytes or a size such as '2GB' or '512MiB'")
+    return int(float(found[1]) * _SIZE_UNITS[found[2].lower()])
 
 
 def _check_topology(params: dict) -> None:
@@ -242,7 +306,8 @@ def _ensure_master_setup() -> None:
         _master_ready = True
 
 
-def _launch_and_setup(manager: ClusterManager, params: dict) -> tuple[list[int], list]:
+def _launch_and_setup(manager: ClusterManager, params: dict,
+                      group: _RestartGroup | None) -> tuple[list[int], list]:
     launched: list[WorkerConfig] = []
     notify = threading.Condition()
     failures: list[tuple[str, str]] = []
@@ -274,7 +339,8 @@ def _launch_and_setup(manager: ClusterManager, params: dict) -> tuple[list[int],
             fresh = launched[seen:]
             seen = len(launched)
         for config in fresh:
-            thread = threading.Thread(target=_setup_one, args=(manager, config, params, added, failures),
+            thread = threading.Thread(target=_setup_one, args=(manager, config, params, group, added,
+                                                               failures),
                                       name=f"pydist-setup-{len(setups) + 1}", daemon=True)
             thread.start()
             setups.append(thread)
@@ -291,7 +357,8 @@ def _launch_and_setup(manager: ClusterManager, params: dict) -> tuple[list[int],
 _pending: set[int] = set()      # pids being set up; guarded by STATE.cond
 
 
-def _setup_one(manager, config: WorkerConfig, params: dict, added: list, failures: list) -> None:
+def _setup_one(manager, config: WorkerConfig, params: dict, group: _RestartGroup | None,
+               added: list, failures: list) -> None:
     what = _describe(config)
     relay = None
     pid = None
@@ -307,11 +374,12 @@ def _setup_one(manager, config: WorkerConfig, params: dict, added: list, failure
             _pending.add(pid)
         link = _connect_and_join(manager, pid, config, params)
         with STATE.cond:
-            _registry[pid] = _Worker(pid, manager, config)
+            _registry[pid] = _Worker(pid, manager, config, group)
             STATE.links[pid] = link
             STATE.cond.notify_all()
         if relay is not None:
             relay.pid = pid
+        share_memory(link)
         link.start(f"pydist-reader-{pid}")
         start_heartbeat()
         manager.manage(pid, config, "register")
@@ -343,7 +411,8 @@ def _connect_and_join(manager, pid: int, config: WorkerConfig, params: dict) -> 
         members = list(STATE.members.values())
     join = {"pid": pid, "cluster_id": STATE.cluster_id, "topology": STATE.topology, "lazy": STATE.lazy,
             "master": STATE.master_info, "members": members, "dial": dial, "sys_path": list(sys.path),
-            "heartbeat": (settings.HEARTBEAT_TIMEOUT, settings.HEARTBEAT_INTERVAL)}
+            "heartbeat": (settings.HEARTBEAT_TIMEOUT, settings.HEARTBEAT_INTERVAL),
+            "memory_limit": params.get("memory_limit")}
     link.send(Kind.JOIN, dumps(join)[0])
     sock.settimeout(params["worker_timeout"])
     try:
@@ -455,6 +524,7 @@ def _on_worker_exit(pid: int) -> None:
         worker = _registry.get(pid)
         if worker is None or worker.state is WorkerState.EXITED:
             return
+        died = worker.state is WorkerState.RUNNING          # not removed by rmprocs
         worker.state = WorkerState.EXITED
         others = [p for p, w in _registry.items() if w.state is WorkerState.RUNNING]
     on_each(others, _forget, pid)
@@ -463,6 +533,28 @@ def _on_worker_exit(pid: int) -> None:
     except Exception:
         log.exception("pydist: manage(%s, 'deregister') failed", pid)
     worker.gone.set()
+    if died and worker.group is not None and not _exiting:
+        threading.Thread(target=_replace, args=(worker,), name=f"pydist-restart-{pid}",
+                         daemon=True).start()
+
+
+def _replace(worker: _Worker) -> None:
+    """Start a worker in place of `worker`, which died (restart=True)."""
+    group = worker.group
+    with STATE.cond:
+        if group.restarts_left <= 0:
+            log.warning("pydist: worker %s died and is not replaced: its addprocs group used up "
+                        "its restarts (restart=...)", worker.pid)
+            return
+        group.restarts_left -= 1
+    try:
+        manager = worker.manager.replacement(worker.config)
+        params = _params_for(manager, group.keywords)
+        added = _add(manager, params, group)
+    except Exception as err:
+        log.error("pydist: worker %s died and its replacement could not start: %s", worker.pid, err)
+        return
+    log.warning("pydist: worker %s died; worker %s replaces it", worker.pid, ", ".join(map(str, added)))
 
 
 class RemovalTask:
@@ -556,6 +648,8 @@ def registry() -> dict[int, _Worker]:
 
 def _shutdown() -> None:
     """At master exit: close every link (workers exit on losing it) and reap local processes."""
+    global _exiting
+    _exiting = True
     with STATE.cond:
         links = list(STATE.links.values())
         workers_ = list(_registry.values())

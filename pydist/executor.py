@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
-import functools
 import itertools
 import threading
+import time
 from typing import Any, Callable, Iterable, Iterator
 
+from .calls import cancel_remotely, new_lane
 from .errors import CapturedException, RemoteException
 from .messages import Mode
 from .pools import AbstractWorkerPool, default_worker_pool
@@ -63,11 +64,12 @@ class Executor(cf.Executor):
     def __init__(self, pool: AbstractWorkerPool | None = None):
         self._pool = pool
         self._number = next(_numbers)
-        self._lock = threading.Lock()     # guards _queue, _outstanding, _shutdown, _dispatching
+        self._lock = threading.Lock()     # guards _queue, _outstanding, _shutdown, _dispatching, _running
         self._queue: collections.deque[_Call] = collections.deque()
         self._outstanding: set[cf.Future] = set()    # submitted and not done yet
         self._shutdown = False
         self._dispatching = False                     # a dispatcher thread is running
+        self._running: dict[cf.Future, tuple[int, int]] = {}   # started calls: (pid, lane)
 
     @property
     def pool(self) -> AbstractWorkerPool:
@@ -100,14 +102,40 @@ class Executor(cf.Executor):
             chunksize: int = 1) -> Iterator:
         """Like builtin map, each element (or each chunk of `chunksize` elements) computed by
         one remote call; results are yielded in order. Like ProcessPoolExecutor.map, all the
-        calls are submitted at once and `timeout` counts from this call."""
+        calls are submitted at once and `timeout` counts from this call. When the iteration
+        ends early (an exception such as Ctrl-C's KeyboardInterrupt, or the iterator closed),
+        the calls not started are cancelled and the running ones interrupted."""
         if chunksize < 1:
             raise ValueError(f"chunksize must be >= 1, not {chunksize!r}")
+        deadline = None if timeout is None else time.monotonic() + timeout
         if chunksize == 1:
-            return super().map(fn, *iterables, timeout=timeout)
+            futures = [self.submit(fn, *args) for args in zip(*iterables)]
+            return self._results(futures, deadline)
         chunks = _chunks(zip(*iterables), chunksize)
-        results = super().map(functools.partial(_run_chunk, fn), chunks, timeout=timeout)
-        return _flatten(results)
+        futures = [self.submit(_run_chunk, fn, chunk) for chunk in chunks]
+        return _flatten(self._results(futures, deadline))
+
+    def _results(self, futures: list[cf.Future], deadline: float | None) -> Iterator:
+        futures.reverse()
+        try:
+            while futures:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                yield futures[-1].result(remaining)
+                futures.pop()
+        finally:
+            self._cancel(futures)
+
+    def _cancel(self, futures: list[cf.Future]) -> None:
+        """Cancel calls not started yet; interrupt those running (one message per worker)."""
+        lanes: dict[int, list[int]] = {}
+        for future in futures:
+            if not future.cancel():
+                with self._lock:
+                    started = self._running.get(future)
+                if started is not None:
+                    lanes.setdefault(started[0], []).append(started[1])
+        for pid, ids in lanes.items():
+            cancel_remotely(pid, ids)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Refuse new calls; with cancel_futures, cancel the calls that have not started;
@@ -152,8 +180,12 @@ class Executor(cf.Executor):
         try:
             prepare = getattr(pool, "_prepare", None)
             send, extra = prepare(fn, pid) if prepare is not None else (fn, ())
-            # on_done runs on the link's reader thread: it hands over to a runner thread at once.
-            send_call(pid, Mode.FETCH, send, (*extra, *args), kwargs,
+            # Its own lane, so that it alone can be interrupted (_cancel). on_done runs on the
+            # link's reader thread: it hands over to a runner thread at once.
+            lane = new_lane()
+            with self._lock:
+                self._running[future] = (pid, lane)
+            send_call(pid, Mode.FETCH, send, (*extra, *args), kwargs, (0, lane),
                       on_done=lambda reply: STATE.runner.submit(_finish, future, pool, pid, reply))
         except BaseException as err:              # cannot pickle, worker gone
             _give_back(pool, pid)
@@ -162,6 +194,7 @@ class Executor(cf.Executor):
     def _forget(self, future: cf.Future) -> None:
         with self._lock:
             self._outstanding.discard(future)
+            self._running.pop(future, None)
 
     def __repr__(self) -> str:
         with self._lock:

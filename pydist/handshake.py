@@ -22,7 +22,7 @@ import sys
 
 from . import settings
 
-PROTOCOL_VERSION = 2           # 2: the LOCKSTEP flag in a CALL's mode byte
+PROTOCOL_VERSION = 3           # 2: the LOCKSTEP flag in a CALL's mode byte; 3: lanes (calls.py)
 MAGIC = b"PYDIST"
 HELLO = struct.Struct("!6sHBB32s")
 MAC_SIZE = 32

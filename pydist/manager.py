@@ -4,6 +4,12 @@ A backend subclasses `ClusterManager` and writes `launch` and `manage`; `connect
 have working defaults.  `launch` runs on a thread of its own: it appends a `WorkerConfig` to
 `launched` for every worker it started and notifies `notify`, so the master sets up each
 worker while the others are still starting.
+
+This module is the core's whole side of the manager interface: besides the four verbs it
+holds the few core services a backend needs (the cluster id, asking a worker to exit, the
+`pydist_worker:PORT#HOST` line, a join listener's socket, retiring workers).  Backends do not
+import it directly: `pydist.managers.base` gathers these names with the backends' shared
+bases into the one module a manager author imports from (docs/managers/writing.md).
 """
 
 from __future__ import annotations
@@ -18,9 +24,10 @@ import threading
 from typing import Any
 
 from . import settings
-from .process import STATE, internal, send_call
+from .process import STATE, accept, internal, send_call
 from .messages import Mode
-from .transport import dial
+from .transport import dial, open_listener, serve
+from .worker import parse_address
 
 
 @dataclasses.dataclass
@@ -92,6 +99,14 @@ class ClusterManager(abc.ABC):
         sock = dial(host, int(config.port))
         return sock, sock
 
+    def replacement(self, config: WorkerConfig) -> "ClusterManager":
+        """A manager that launches one worker like the one `config` describes, to replace it
+        after it died (`addprocs(..., restart=True)`). Managers that can start a worker on
+        their own say how; this default says they cannot."""
+        raise TypeError(f"{type(self).__name__} cannot start a replacement for a worker that died "
+                        "(restart=True): it has no replacement() method. Restart such workers "
+                        "where they are started, or use a manager that starts its own workers")
+
     def kill(self, pid: int, config: WorkerConfig) -> None:
         """Make worker `pid` exit: ask it, then SIGTERM, then SIGKILL its process if there is one."""
         if not ask_to_exit(pid, settings.EXIT_TIMEOUT):
@@ -139,3 +154,37 @@ def reap(process) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+# -- core services for backends (re-exported by pydist.managers.base) ---------------------------
+def cluster_id() -> str:
+    """This cluster's id: names and labels a backend gives its resources (pods, containers) so
+    they can be found and cleaned up, and told apart from another master's."""
+    return STATE.cluster_id
+
+
+def master_hostname() -> str:
+    """The master's hostname, as its workers are told it."""
+    return STATE.hostname
+
+
+def serve_offers(host: str, port: int, on_offer, name: str) -> socket.socket:
+    """Listen on host:port (0: any free port) for workers that dial in to join: each connection
+    is authenticated with the cookie on a thread of its own, then `on_offer(sock, offer)` gets
+    the worker's link and its offer (a dict with `ident`, `host`, `port`).  The listener runs
+    on a thread named `name` until the returned socket is closed."""
+    sock = open_listener(host, port)
+    serve(sock, lambda conn, addr: accept(conn, addr, on_offer=lambda link, offer: on_offer(link.sock, offer)),
+          name)
+    return sock
+
+
+def retire_workers(pids: list[int], timeout: float) -> None:
+    """Let workers leave cleanly before their resources go away (a job's walltime): lend them
+    no more work, let their running calls finish for up to `timeout` seconds, remove them."""
+    from .pools import retire_workers as retire     # pools is a layer above this module
+    retire(pids, timeout)
+
+
+__all__ = ["ClusterManager", "WorkerConfig", "default_addprocs_params", "ask_to_exit", "stop_process",
+           "reap", "cluster_id", "master_hostname", "parse_address", "serve_offers", "retire_workers"]

@@ -32,10 +32,11 @@ class Kind(enum.IntEnum):
     PING = 10         # liveness probe; answered by PONG
     PONG = 11
     PUSH = 12         # callee -> caller: a small result of its remotecall Future `rrid` (body)
+    SHM_FREE = 13     # receiver -> sender: shared-memory slots it let go of (shm.py; body)
 
 
 class Mode(enum.IntEnum):
-    FETCH = 0         # answer with RESULT or ERROR
+    FETCH = 0         # answer with RESULT or ERROR; rrid.id, if not 0, is the caller's lane
     FUTURE = 1        # keep the outcome in the Future `rrid` owned by the callee
     WAIT = 2          # as FUTURE, then answer RESULT(None) or ERROR
     DO = 3            # no answer; an error is printed on the callee's stderr

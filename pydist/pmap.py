@@ -2,10 +2,17 @@
 
 pmap runs one driver thread (`pydist-pmap-<n>`) per pool member.  A driver borrows a worker
 from the pool and keeps several batches in flight to it (more while its batches are quick),
-so a worker never waits for the master between tiny tasks; it gives the worker back after LEASE_BATCHES
-batches, so concurrent pmaps on one pool share it.  Element failures go through on_error
-(on the worker), then retry_delays/retry_check (here); the first unhandled failure stops
-the pmap and is raised.
+so a worker never waits for the master between tiny tasks; it gives the worker back after
+LEASE_BATCHES batches, so concurrent pmaps on one pool share it.  The batches sent ahead
+wait on the worker in a lane (calls.py): one runs at a time per worker, as in Julia's pmap
+(`per_worker=k` gives k lanes).  Element failures go through on_error (on the worker), then
+retry_delays/retry_check (here); the first unhandled failure stops the pmap and is raised.
+
+Stopping.  When the caller's wait ends with an exception (Ctrl-C's KeyboardInterrupt, or
+any BaseException), the pmap cancels its lanes on every worker it uses: queued batches never
+start, running ones get a KeyboardInterrupt, and the caller waits up to CANCEL_SECONDS for
+the workers to be back in the pool before it re-raises, so the next call starts on idle
+workers.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from .pools import AbstractWorkerPool, default_worker_pool
 from .process import STATE, myid, result, send_call, workers
 from .refs import fetch
 from .transport import WAKE_SECONDS
-from .calls import remotecall
+from .calls import cancel_remotely, new_lane, remotecall
 
 # Batches kept in flight per worker: FIRST_PIPELINE at first; then, while each batch is
 # answered within QUICK_BATCH seconds of being sent, DEEP_PIPELINE: tiny tasks flow without
@@ -36,10 +43,20 @@ FIRST_PIPELINE = 4
 DEEP_PIPELINE = 16
 SHALLOW_PIPELINE = 2
 QUICK_BATCH = 0.001
+# Consecutive batches merge into one call while the worker answers an element every
+# QUICK_ELEMENT seconds or faster, doubling up to the size batch_size="auto" would
+# pick: tiny functions then cost one message per many elements, as with batch_size="auto",
+# while anything slower keeps one call per batch. Results, order, on_error and retries stay
+# per element; with one call at a time per worker, queued calls ran in the same order anyway.
+QUICK_ELEMENT = 50e-6
 # A driver returns its worker to the pool after this many batches, letting other users in.
 LEASE_BATCHES = 256
 # batch_size="auto" aims at this many batches per worker (load balance vs. per-call cost).
 AUTO_BATCHES_PER_WORKER = 4
+# A cancelled pmap waits this long for its workers to answer the cancel (their running
+# batches interrupted) before it re-raises: long enough for a worker that takes the interrupt,
+# short enough that a worker stuck in C code does not hold up the user's Ctrl-C.
+CANCEL_SECONDS = 1.0
 
 
 def _run_batch(func: Callable, on_error: Callable | None, columns: tuple) -> tuple[list, dict | None]:
@@ -81,11 +98,14 @@ def _calls(func: Callable, columns: list, stopped: list):
 
 class _Batch:
     """Elements start, start+1, ... as one call (one sequence per argument). A failed
-    element is retried alone, as a batch of one carrying its retry count and state."""
-    __slots__ = ("start", "columns", "attempt", "state")
+    element is retried alone, as a batch of one carrying its retry count and state; a batch
+    lost with its worker is sent again once, whole (`rerun`)."""
+    __slots__ = ("start", "columns", "attempt", "state", "rerun")
 
-    def __init__(self, start: int, columns: tuple, attempt: int = 0, state: Any = 0):
+    def __init__(self, start: int, columns: tuple, attempt: int = 0, state: Any = 0,
+                 rerun: bool = False):
         self.start, self.columns, self.attempt, self.state = start, columns, attempt, state
+        self.rerun = rerun
 
     def __len__(self) -> int:
         return len(self.columns[0])
@@ -106,7 +126,7 @@ class _Done:
 
 class _Run:
     def __init__(self, func, columns, pool, distributed, batch_size, on_error, retry_delays,
-                 retry_check, progress):
+                 retry_check, progress, per_worker):
         self.func, self.pool, self.local = func, pool, not distributed
         self.on_error, self.retry_delays, self.retry_check = on_error, list(retry_delays), retry_check
         n = len(columns[0])
@@ -115,10 +135,13 @@ class _Run:
         self.cond = threading.Condition(self.lock)   # (`with self.lock`: cheaper than the Condition's)
         self.count_lock = threading.Lock()   # guards remaining (taken per answer, apart from the drivers)
         self.columns, self.batch_size, self.next_start = columns, batch_size, 0
+        self.merge_limit = 1                 # batches merged into one call at most (run)
         self.retries: collections.deque[_Batch] = collections.deque()
         self.remaining = n
         self.error: BaseException | None = None
         self.drivers = 0
+        self.leases: set[_Lease] = set()     # the workers borrowed now (guarded by lock)
+        self.per_worker = per_worker
         self.progress = progress
         if progress:
             from tqdm.auto import tqdm     # imported on demand: it costs workers 0.1 s at start
@@ -127,34 +150,56 @@ class _Run:
     # -- the caller's thread -----------------------------------------------------------------
     def run(self, width: int) -> list:
         started = 0
-        with self.lock:
-            while self.remaining and self.error is None:
-                while self._has_work() and self.drivers < width:
-                    self.drivers += 1
-                    started += 1
-                    threading.Thread(target=self._drive, name=f"pydist-pmap-{started}", daemon=True).start()
-                self.cond.wait()
-            while self.drivers:
-                self.cond.wait()
-        if self.progress:
-            self.bar.close()
+        if not self.local:
+            auto = math.ceil(len(self.results) / (width * AUTO_BATCHES_PER_WORKER))
+            self.merge_limit = max(1, auto // self.batch_size)
+        try:
+            with self.lock:
+                while self.remaining and self.error is None:
+                    while self._has_work() and self.drivers < width:
+                        self.drivers += 1
+                        started += 1
+                        threading.Thread(target=self._drive, name=f"pydist-pmap-{started}",
+                                         daemon=True).start()
+                    self.cond.wait()
+                while self.drivers:
+                    self.cond.wait()
+        except BaseException as err:        # Ctrl-C, say: nothing of this pmap goes on
+            self._cancel(err)
+            raise
+        finally:
+            if self.progress:
+                self.bar.close()
         if self.error is not None:
             raise self.error
         return self.results
+
+    def _cancel(self, error: BaseException) -> None:
+        """Stop sending, cancel every lane on the workers, and wait (a little) for them."""
+        with self.lock:
+            if self.error is None:
+                self.error = error
+            leases = list(self.leases)
+        for lease in leases:
+            cancel_remotely(lease.pid, lease.lanes)
+        deadline = time.monotonic() + CANCEL_SECONDS
+        with self.lock:
+            while self.drivers and time.monotonic() < deadline:
+                self.cond.wait(deadline - time.monotonic())
 
     # -- driver threads --------------------------------------------------------------------
     def _has_work(self) -> bool:
         return self.next_start < len(self.results) or bool(self.retries)
 
-    def _next_batch(self) -> _Batch | None:
-        """The next batch to send (made now: a million elements are not a million objects
-        up front), then the elements waiting for a retry."""
+    def _next_batch(self, merged: int = 1) -> _Batch | None:
+        """The next batch to send, `merged` batches as one (made now: a million elements
+        are not a million objects up front), then the elements waiting for a retry."""
         with self.lock:
             if self.error is not None:
                 return None
             start = self.next_start
             if start < len(self.results):
-                self.next_start = end = start + self.batch_size
+                self.next_start = end = start + self.batch_size * merged
                 columns = self.columns
                 if len(columns) == 1:
                     return _Batch(start, (columns[0][start:end],))
@@ -181,9 +226,18 @@ class _Run:
                 self.cond.notify_all()
 
     def _lease(self, pid: int) -> None:
-        _Lease(self, pid).run()
+        lease = _Lease(self, pid)
+        with self.lock:
+            if self.error is not None:
+                return
+            self.leases.add(lease)
+        try:
+            lease.run()
+        finally:
+            with self.lock:
+                self.leases.discard(lease)
 
-    def _submit(self, pid: int, batch: _Batch, on_done):
+    def _submit(self, pid: int, batch: _Batch, lane: int, on_done):
         """Send a batch; `on_done(reply)` collects its answer. A batch run here, or one that
         could not be sent, comes back as a _Done instead."""
         columns, alone = batch.columns, self._alone(batch)
@@ -196,10 +250,10 @@ class _Run:
             if alone:                           # Julia's pmap: one remotecall_fetch per element
                 args = (columns[0][0],) if len(columns) == 1 else tuple(c[0] for c in columns)
                 return send_call(pid, Mode.FETCH, send, (*extra, *args) if extra else args, {},
-                                 flush=False, on_done=on_done)
+                                 (0, lane), flush=False, on_done=on_done)
             func = functools.partial(send, *extra) if extra else send
             return send_call(pid, Mode.FETCH, _run_batch, (func, self.on_error, columns), {},
-                             flush=False, on_done=on_done)
+                             (0, lane), flush=False, on_done=on_done)
         except BaseException as err:
             return _DoneError(err)
 
@@ -234,6 +288,10 @@ class _Run:
 
     def _failed(self, batch: _Batch, failures: dict) -> None:
         try:
+            if not batch.rerun and all(isinstance(e, ProcessExitedException) for e in failures.values()):
+                # Its worker died, not the function: run it once more on another worker.
+                self._requeue(_Batch(batch.start, batch.columns, batch.attempt, batch.state, True))
+                return
             for offset, error in failures.items():
                 self._element_failed(batch, offset, error)
         except BaseException as err:
@@ -286,10 +344,13 @@ class _Lease:
 
     def __init__(self, run: _Run, pid: int):
         self.run_, self.pid = run, pid
-        self.lock = threading.Lock()         # guards in_flight, depth, waiting
+        self.lanes = [new_lane() for _ in range(run.per_worker)]
+        self.lock = threading.Lock()         # guards in_flight, depth, merged, waiting
         self.cond = threading.Condition(self.lock)
         self.in_flight = 0
         self.depth = FIRST_PIPELINE
+        self.merged = 1               # batches per call now (QUICK_ELEMENT)
+        self.answered_at = 0.0        # when the last answer came
         self.waiting = False          # the driver sleeps until in_flight <= depth // 2
 
     def run(self) -> None:
@@ -300,10 +361,10 @@ class _Lease:
                     self.waiting = True
                     self.cond.wait(WAKE_SECONDS)
                 self.waiting = False
-                room = self.depth - self.in_flight
+                room, merged = self.depth - self.in_flight, self.merged
             batches = []
             while len(batches) < room and sent < LEASE_BATCHES and pid not in STATE.dead:
-                batch = run._next_batch()
+                batch = run._next_batch(merged)
                 if batch is None:
                     break
                 batches.append(batch)
@@ -318,8 +379,10 @@ class _Lease:
             with self.lock:
                 self.in_flight += len(batches)
             sent_at = time.monotonic()
-            for batch in batches:
-                handle = run._submit(pid, batch, functools.partial(self._answered, batch, sent_at))
+            lanes, first = self.lanes, sent - len(batches)
+            for i, batch in enumerate(batches):
+                lane = lanes[(first + i) % len(lanes)]
+                handle = run._submit(pid, batch, lane, functools.partial(self._answered, batch, sent_at))
                 if isinstance(handle, _Done):
                     self._answered(batch, sent_at, handle)
             _flush_calls(pid)
@@ -329,10 +392,16 @@ class _Lease:
             self.run_._collect(batch, handle)
         except BaseException as err:
             self.run_._fail(err)
-        quick = time.monotonic() - sent_at < QUICK_BATCH      # answered, queue included
+        now = time.monotonic()
+        quick = now - sent_at < QUICK_BATCH                    # answered, queue included
         with self.lock:
             self.in_flight -= 1
             self.depth = DEEP_PIPELINE if quick else SHALLOW_PIPELINE
+            gap, self.answered_at = now - max(self.answered_at, sent_at), now   # the worker's pace
+            if gap < QUICK_ELEMENT * len(batch):
+                self.merged = min(self.merged * 2, self.run_.merge_limit)
+            else:
+                self.merged = 1
             if self.waiting and (self.in_flight <= self.depth // 2 or not self.in_flight):
                 self.waiting = False          # one wake-up is enough
                 self.cond.notify()
@@ -355,15 +424,28 @@ class _DoneError(_Done):
 def pmap(func: Callable, *iterables: Iterable, pool: AbstractWorkerPool | None = None,
          distributed: bool = True, batch_size: int | str = 1, on_error: Callable | None = None,
          retry_delays: Iterable[float] = (), retry_check: Callable | None = None,
-         progress: bool = False) -> list:
+         progress: bool = False, per_worker: int = 1) -> list:
     """Map `func` over the iterables on the pool's workers; results in order (Julia: pmap).
 
-    batch_size: elements per remote call (an int, or "auto"). distributed=False runs on
-    local threads. on_error(exc) runs on the worker and its return value replaces a failed
-    element's result; otherwise a failure is retried after each of `retry_delays` while
-    retry_check(state, exc) -> (state, retry) allows it; the first unhandled failure stops
-    the pmap and is raised (RemoteException, or ProcessExitedException for a worker that
-    died). progress=True shows a progress bar with rate and ETA."""
+    batch_size: elements per remote call (an int, or "auto"). While the function is tiny
+    (the worker answers an element every 50 µs or faster) consecutive batches travel merged
+    into one call, up to the size "auto" would pick, so the default batch_size=1 costs about
+    what batch_size="auto" does for them; each element still has its own result, on_error and
+    retries, in order. distributed=False runs on local threads. on_error(exc) runs on the worker
+    and its return value replaces a failed element's result; otherwise a failure is retried
+    after each of `retry_delays` while retry_check(state, exc) -> (state, retry) allows it; the
+    first unhandled failure stops the pmap and is raised (RemoteException, or ProcessExitedException for a worker that
+    died a second time). A batch whose worker died is run once more, on another worker,
+    before any of that applies. progress=True shows a progress bar with rate and ETA.
+
+    per_worker: batches running at once on each worker (default 1, as Julia's pmap and
+    multiprocessing; the next batches are sent ahead and wait on the worker, so no round
+    trip is lost). Raise it for calls that mostly wait (I/O) and can share a process.
+
+    An exception in the caller while it waits (Ctrl-C) cancels the pmap on the workers:
+    queued batches never start and running ones are interrupted."""
+    if not isinstance(per_worker, int) or per_worker < 1:
+        raise ValueError(f"per_worker must be a positive int, not {per_worker!r}")
     if not iterables:
         return []
     columns = _columns(iterables)
@@ -380,7 +462,8 @@ def pmap(func: Callable, *iterables: Iterable, pool: AbstractWorkerPool | None =
         raise ValueError(f"batch_size must be a positive int or 'auto', not {batch_size!r}")
     if not n:
         return []
-    run = _Run(func, columns, pool, distributed, batch_size, on_error, retry_delays, retry_check, progress)
+    run = _Run(func, columns, pool, distributed, batch_size, on_error, retry_delays, retry_check,
+               progress, per_worker)
     previous = cluster.relay_write
     if progress:
         from tqdm.auto import tqdm

@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 
-from . import settings, transport
+from . import settings, shm, transport
 from .errors import CapturedException, ProcessExitedException, RemoteException
 from .messages import NO_RRID, Kind, Mode
 from .serialize import dumps, loads
@@ -49,6 +49,7 @@ class WorkerInfo:
     port: int = 0
     hostname: str = ""      # machine identity, for procs(pid)
     ospid: int = 0
+    shm: str = ""           # its shared memory's identity (shm.host_identity): "" for none
 
 
 class TopologyError(ConnectionError):
@@ -154,7 +155,8 @@ class _State:
         self.cond = threading.Condition()    # guards links, members, dead, dialing, master_info
         self.links: dict[int, Link] = {}
         self.members: dict[int, WorkerInfo] = {}
-        self.master_info = WorkerInfo(1, hostname=self.hostname, ospid=os.getpid())
+        self.shm = shm.host_identity() if settings.SHM else ""
+        self.master_info = WorkerInfo(1, hostname=self.hostname, ospid=os.getpid(), shm=self.shm)
         self.dead: set[int] = set()
         self.dialing: set[int] = set()
         self.address: tuple[str, int] | None = None   # where this process listens, if it does
@@ -274,6 +276,8 @@ def _connect(pid: int) -> Link:
             if pid == 1:                      # a worker's master link is gone: so is the master
                 raise ProcessExitedException(pid)
             if STATE.myid == 1:               # the master dials nobody: every worker joined it
+                if pid in STATE.members:      # its link just closed; peer_exited is under way
+                    raise ProcessExitedException(pid, "its link is closed")
                 raise ValueError(f"no process with id {pid}; procs() are {procs()}")
             info = STATE.members.get(pid)
             if info is None:
@@ -343,8 +347,19 @@ def dial_peer(info: WorkerInfo) -> Link:
     return link
 
 
+def share_memory(link: Link) -> None:
+    """Let large buffers on `link` go through shared memory when its peer shares this
+    host's (pydist/shm.py); both ends decide alike from the membership table."""
+    with STATE.cond:
+        info = STATE.master_info if link.peer == 1 else STATE.members.get(link.peer)
+    if STATE.shm and info is not None and info.shm == STATE.shm:
+        link.segments = shm.Segments(STATE.cluster_id, STATE.myid, link.peer)
+        link.segments.link = link
+
+
 def register_link(link: Link) -> None:
     """Make `link` the link to its peer and start serving it."""
+    share_memory(link)
     with STATE.cond:
         old = STATE.links.get(link.peer)
         STATE.links[link.peer] = link
@@ -433,9 +448,19 @@ def on_close(link: Link, reason: str) -> None:
     peer_exited(pid)
 
 
+@internal
+def note_exit(pid: int, reason: str) -> None:
+    """Process `pid` tells why it is about to exit: its link's failures will say so."""
+    link = STATE.links.get(pid)
+    if link is not None:
+        link.exit_note = reason
+
+
 def _master_gone(reason: str) -> None:
     """A worker without its master exits at once: no orphans, whatever the backend."""
     try:
+        if STATE.shm:
+            shm.forget_cluster(STATE.cluster_id)
         sys.stdout.flush()
         sys.stderr.flush()
     finally:
@@ -453,6 +478,8 @@ def peer_exited(pid: int) -> None:
         STATE.cond.notify_all()
     if link is not None:
         link.close("the process has exited")
+    if STATE.shm:
+        shm.forget(STATE.cluster_id, STATE.myid, pid)
     for hook in list(STATE.exit_hooks):
         try:
             hook(pid)
@@ -478,9 +505,13 @@ def send_call(pid: int, mode: Mode, func, args=(), kwargs=None, rrid=NO_RRID, fl
     return None
 
 
-def result(reply) -> object:
-    """Wait for a Reply and return its value, or raise what the call raised."""
-    reply.wait()
+def result(reply, timeout: float | None = None) -> object:
+    """Wait for a Reply and return its value, or raise what the call raised.
+
+    TimeoutError after `timeout` seconds; the call goes on, and its late answer is dropped."""
+    if not reply.wait(timeout):
+        raise TimeoutError(f"process {reply.pid} did not answer within {timeout:g} s; the call "
+                           "may still be running there (interrupt() stops it)")
     if reply.error is not None:
         raise reply.error
     if reply.kind is Kind.RESULT:
@@ -497,9 +528,10 @@ def result(reply) -> object:
     raise exc
 
 
-def call_fetch(pid: int, func, *args, **kwargs):
-    """Run func on process `pid` and return its result (no local shortcut: pid is remote)."""
-    return result(send_call(pid, Mode.FETCH, func, args, kwargs))
+def call_fetch(pid: int, func, *args, timeout: float | None = None):
+    """Run func(*args) on process `pid` and return its result (no local shortcut: pid is
+    remote); TimeoutError after `timeout` seconds."""
+    return result(send_call(pid, Mode.FETCH, func, args), timeout)
 
 
 # -- heartbeats ------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ thread, holding any lock; so it only queues the release, and the thread `pydist-
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import os
 import queue
@@ -67,12 +68,13 @@ class _Failed:
 
 
 class _RemoteValue:
-    __slots__ = ("store", "clients", "is_set")
+    __slots__ = ("store", "clients", "is_set", "runner")
 
     def __init__(self, store, whence: int):
         self.store = store
         self.clients = {whence: 1}
         self.is_set = False
+        self.runner = 0        # id of the thread running the call that sets it (0: none yet)
 
 
 _refs: dict[RRID, _RemoteValue] = {}
@@ -248,21 +250,80 @@ if hasattr(os, "register_at_fork"):
 
 
 # -- owner-side operations (run on the owner; importable so they travel by reference) -------
-def store_outcome(rrid: RRID, value: Any) -> None:
-    """Keep a finished call's value (or _Failed) as the Future rrid's value, if still wanted."""
+def store_outcome(rrid: RRID, value: Any) -> bool:
+    """Keep a finished call's value (or _Failed) as the Future rrid's value, if still wanted;
+    False when nobody wants it (every holder dropped it, or it was cancelled)."""
     rv = _refs.get(rrid)
     if rv is None:
-        return        # every holder dropped the Future before the call finished
+        return False  # every holder dropped the Future before the call finished
     with _refs_lock:
         if rv.is_set:
-            return
+            return False
         rv.is_set = True
     rv.store.put(value)
+    return True
+
+
+# Past its own timeout, a caller waits this much longer for the owner's answer to a timed
+# wait: the owner's outcome (a value, or its own TimeoutError) decides, so a `take` that
+# succeeded at the last moment is not lost. Only an owner that does not answer at all is
+# given up on locally.
+OWNER_GRACE = 1.0
+
+
+def _ask_owner(where: int, func, *args, timeout: float | None = None):
+    """Run an owner-side operation on process `where` (it gets `timeout` as its last argument
+    when one is given); a wait that timed out there raises TimeoutError here."""
+    if timeout is None:
+        return call_fetch(where, func, *args)
+    try:
+        return call_fetch(where, func, *args, timeout, timeout=timeout + OWNER_GRACE)
+    except RemoteException as err:
+        if isinstance(err.captured, TimeoutError):
+            raise TimeoutError(str(err.captured)) from None
+        raise
+
+
+def _cancelled_error() -> concurrent.futures.CancelledError:
+    return concurrent.futures.CancelledError("the call was cancelled (Future.cancel)")
+
+
+def _is_cancelled(value) -> bool:
+    return isinstance(value, _Failed) and isinstance(value.exc, concurrent.futures.CancelledError)
 
 
 @internal
-def _owner_fetch(rrid: RRID):
-    return _lookup(rrid).store.fetch()
+def _owner_cancel(rrid: RRID, interrupt: bool) -> bool:
+    """Cancel the Future rrid here on its owner: if its call has not started (or there is no
+    call), it becomes cancelled; a running call only with `interrupt`, which raises
+    KeyboardInterrupt in it. True if the Future is (now) cancelled."""
+    rv = _lookup(rrid)            # asked by a holder: made now if nothing used it yet
+    with _refs_lock:
+        if rv.is_set:
+            running = None
+        else:
+            running = rv.runner
+            if running and not interrupt:
+                return False
+            rv.is_set = True
+    if running is None:                     # already finished: cancelled only if it was
+        return rv.store.isready() and _is_cancelled(rv.store.fetch())
+    rv.store.put(_Failed(_cancelled_error()))
+    if running:
+        from .calls import interrupt_threads     # calls.py sits above this module
+        interrupt_threads({running})
+    return True
+
+
+@internal
+def _owner_cancelled(rrid: RRID) -> bool:
+    rv = _refs.get(rrid)
+    return rv is not None and rv.store.isready() and _is_cancelled(rv.store.fetch())
+
+
+@internal
+def _owner_fetch(rrid: RRID, timeout: float | None = None):
+    return _lookup(rrid).store.fetch(timeout)
 
 
 @internal
@@ -278,10 +339,8 @@ def _owner_put_future(rrid: RRID, value, release: int | None) -> None:
 
 
 @internal
-def _owner_wait(rrid: RRID):
-    rv = _lookup(rrid)
-    rv.store.wait()
-    value = rv.store.fetch()
+def _owner_wait(rrid: RRID, timeout: float | None = None):
+    value = _lookup(rrid).store.fetch(timeout)
     return value if isinstance(value, _Failed) else None
 
 
@@ -296,8 +355,10 @@ def _owner_create(rrid: RRID, make_store) -> None:
 
 
 @internal
-def _owner_op(rrid: RRID, op: str, args: tuple):
-    return getattr(_lookup(rrid).store, op)(*args)
+def _owner_op(rrid: RRID, op: str, args: tuple, timeout: float | None = None):
+    if timeout is None:
+        return getattr(_lookup(rrid).store, op)(*args)
+    return getattr(_lookup(rrid).store, op)(*args, timeout=timeout)
 
 
 def _in_thread(func, *args):
@@ -385,25 +446,36 @@ class Future(_Ref):
         self._v = self._pushed = _UNSET
         self._fetching = threading.Lock()
 
-    def fetch(self) -> Any:
-        """The value, waiting for it; raises RemoteException if the call failed (every time)."""
+    def fetch(self, timeout: float | None = None) -> Any:
+        """The value, waiting for it; raises RemoteException if the call failed (every time),
+        CancelledError if it was cancelled, TimeoutError if it is not there within `timeout`
+        seconds (the Future is unchanged: a later fetch still works)."""
         value = self._v
         if value is _UNSET:
-            with self._fetching:              # one fetch at a time; the others use its result
+            # one fetch at a time; the others use its result
+            if not self._fetching.acquire(timeout=-1 if timeout is None else timeout):
+                raise TimeoutError(f"Future {tuple(self.rrid)} was not ready within {timeout:g} s")
+            try:
                 value = self._v
                 if value is _UNSET:
-                    value = self._fetch_once()
+                    value = self._fetch_once(timeout)
+            except TimeoutError:
+                raise TimeoutError(f"Future {tuple(self.rrid)} on process {self.where} was not "
+                                   f"ready within {timeout:g} s; it is unchanged (fetch it again "
+                                   "later, or cancel it)") from None
+            finally:
+                self._fetching.release()
         return _unwrap(value)
 
-    def _fetch_once(self):
+    def _fetch_once(self, timeout: float | None = None):
         rrid = self.rrid
         value = self._pushed
         if value is _UNSET:
             if self.where == myid():
-                value = _lookup(rrid).store.fetch()
+                value = _lookup(rrid).store.fetch(timeout)
             else:
                 try:
-                    value = call_fetch(self.where, _owner_fetch, rrid)
+                    value = _ask_owner(self.where, _owner_fetch, rrid, timeout=timeout)
                 except RemoteException as err:   # e.g. the value cannot be unpickled here:
                     value = _Failed(err)         # it fails the same way every time
         with _held_lock:
@@ -439,28 +511,65 @@ class Future(_Ref):
             return _lookup(self.rrid).store.isready()
         return call_fetch(self.where, _owner_isready, self.rrid)
 
-    def wait(self) -> "Future":
-        """Block until the value is set; raises RemoteException if the call failed."""
+    def wait(self, timeout: float | None = None) -> "Future":
+        """Block until the value is set; raises RemoteException if the call failed,
+        CancelledError if it was cancelled, TimeoutError after `timeout` seconds."""
         known = self._v if self._v is not _UNSET else self._pushed
         if known is not _UNSET:
             _unwrap(known)
             return self
         if self.where == myid():
-            store = _lookup(self.rrid).store
-            store.wait()
-            failed = store.fetch()
+            failed = _lookup(self.rrid).store.fetch(timeout)
         else:
-            failed = call_fetch(self.where, _owner_wait, self.rrid)
+            failed = _ask_owner(self.where, _owner_wait, self.rrid, timeout=timeout)
         _unwrap(failed)
         return self
 
     def done(self) -> bool:
         return self.isready()
 
+    def cancel(self, interrupt: bool = False) -> bool:
+        """Cancel the call behind this Future if it has not started (concurrent.futures'
+        cancel); with `interrupt=True` a running call is cancelled too, by raising
+        KeyboardInterrupt in it (as interrupt(pid) does, for this call only). An unset
+        Future(pid) with no call is cancelled at once. Returns True if the Future is now
+        cancelled: fetch and wait then raise CancelledError, everywhere."""
+        if self._v is not _UNSET or self._pushed is not _UNSET:
+            return _is_cancelled(self._v)
+        if self.where == myid():
+            cancelled = _owner_cancel(self.rrid, interrupt)
+        else:
+            cancelled = call_fetch(self.where, _owner_cancel, self.rrid, interrupt)
+        if cancelled:
+            with _held_lock:
+                self._v = _Failed(_cancelled_error())
+                held, self._held = self._held, False
+            if held:
+                _release_now(self.where, self.rrid)
+        return cancelled
+
+    def cancelled(self) -> bool:
+        """True if the Future was cancelled (by this copy or any other)."""
+        if self._v is not _UNSET or self._pushed is not _UNSET:
+            return _is_cancelled(self._v if self._v is not _UNSET else self._pushed)
+        if self.where == myid():
+            return _owner_cancelled(self.rrid)
+        return call_fetch(self.where, _owner_cancelled, self.rrid)
+
     def __await__(self):
         """`await future` from a running event loop: fetched on a helper thread, so the loop
-        keeps running meanwhile."""
-        return _in_thread(self.fetch).__await__()
+        keeps running meanwhile. Cancelling the awaiting task (asyncio.wait_for's timeout,
+        task.cancel()) cancels the call too, interrupting it if it runs (as wrap_future does
+        for a concurrent.futures.Future)."""
+        return self._awaited().__await__()
+
+    async def _awaited(self):
+        import asyncio
+        try:
+            return await _in_thread(self.fetch)
+        except asyncio.CancelledError:
+            STATE.runner.submit(self.cancel, True)       # not on the loop: it is a remote call
+            raise
 
     def __reduce__(self):
         with _held_lock:
@@ -470,7 +579,9 @@ class Future(_Ref):
         return (_rebuild_future, (self.where, self.whence, self.id, value))
 
     def __repr__(self) -> str:
-        state = "unset" if self._v is _UNSET else "set"
+        known = self._v if self._v is not _UNSET else self._pushed
+        state = ("cancelled" if _is_cancelled(known) else "failed" if isinstance(known, _Failed)
+                 else "pending" if known is _UNSET else "done")
         return f"Future(where={self.where}, whence={self.whence}, id={self.id}, {state})"
 
 
@@ -504,10 +615,10 @@ class RemoteChannel(_Ref):
             call_fetch(where, _owner_create, rrid, factory)
         self._init(where, rrid, True)
 
-    def _op(self, op: str, *args):
+    def _op(self, op: str, *args, timeout: float | None = None):
         if self.where == myid():
-            return getattr(_lookup(self.rrid).store, op)(*args)
-        return call_fetch(self.where, _owner_op, self.rrid, op, args)
+            return _owner_op(self.rrid, op, args, timeout)
+        return _ask_owner(self.where, _owner_op, self.rrid, op, args, timeout=timeout)
 
     def isopen(self) -> bool:
         return self._op("isopen")
@@ -517,20 +628,25 @@ class RemoteChannel(_Ref):
         self._op("put", value)
         return self
 
-    def take(self) -> Any:
-        """Remove and return the first item, blocking while empty."""
-        return self._op("take")
+    def take(self, timeout: float | None = None) -> Any:
+        """Remove and return the first item, blocking while empty; TimeoutError if none came
+        within `timeout` seconds (nothing is taken)."""
+        return self._op("take", timeout=timeout)
 
-    def fetch(self) -> Any:
-        """The first item, without removing it, blocking while empty."""
-        return self._op("fetch")
+    def fetch(self, timeout: float | None = None) -> Any:
+        """The first item, without removing it, blocking while empty (TimeoutError after
+        `timeout` seconds)."""
+        return self._op("fetch", timeout=timeout)
 
     def isready(self) -> bool:
         return self._op("isready")
 
-    def wait(self) -> "RemoteChannel":
-        """Block until an item is there; it is not removed."""
-        self._op("wait")
+    def wait(self, timeout: float | None = None) -> "RemoteChannel":
+        """Block until an item is there; it is not removed (TimeoutError after `timeout`)."""
+        if timeout is None:
+            self._op("wait")
+        else:
+            self._op("fetch", timeout=timeout)
         return self
 
     def close(self) -> None:
@@ -592,11 +708,11 @@ def channel_from_id(rrid) -> Any:
     return _refs[RRID(*rrid)].store
 
 
-def fetch(x: Any) -> Any:
+def fetch(x: Any, timeout: float | None = None) -> Any:
     """A Future's value, a RemoteChannel's first item, a task's outcome (distributed());
-    anything else is returned as is."""
+    anything else is returned as is. TimeoutError if it is not there within `timeout` s."""
     if isinstance(x, (_Ref, Channel)) or getattr(x, "_pydist_future_like", False):
-        return x.fetch()
+        return x.fetch() if timeout is None else x.fetch(timeout=timeout)
     return x
 
 
@@ -605,11 +721,12 @@ def put(ref, value: Any):
     return ref.put(value)
 
 
-def take(ref) -> Any:
-    """Take the first item of a RemoteChannel or Channel (Julia: take!); not for a Future."""
+def take(ref, timeout: float | None = None) -> Any:
+    """Take the first item of a RemoteChannel or Channel (Julia: take!); not for a Future.
+    TimeoutError if none came within `timeout` seconds (nothing is taken)."""
     if isinstance(ref, Future):
         raise TypeError("take is not defined for a Future (it holds one value): use fetch")
-    return ref.take()
+    return ref.take() if timeout is None else ref.take(timeout=timeout)
 
 
 def isready(ref) -> bool:
@@ -617,7 +734,11 @@ def isready(ref) -> bool:
     return ref.isready()
 
 
-def wait(ref):
-    """Wait for a Future, RemoteChannel, Channel or anything with .wait()."""
-    ref.wait()
+def wait(ref, timeout: float | None = None):
+    """Wait for a Future, RemoteChannel, Channel or anything with .wait(); TimeoutError if it
+    is not ready within `timeout` seconds (Julia: wait; timedwait)."""
+    if timeout is None:
+        ref.wait()
+    elif ref.wait(timeout=timeout) is False:     # Channel.wait and Event-likes answer False
+        raise TimeoutError(f"{ref!r} was not ready within {timeout:g} s")
     return ref

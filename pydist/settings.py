@@ -60,3 +60,11 @@ SPIN_SECONDS = _float("PYDIST_SPIN_US", 100.0) / 1e6
 # starting an interpreter per worker: 32 workers start in a fraction of the time. 0 turns it
 # off (each worker is then its own `python -m pydist.worker`).
 FORK_SERVER = os.environ.get("PYDIST_FORK_SERVER", "1") not in ("0", "false", "no")
+
+# Out-of-band buffers of at least SHM_BYTES go through shared memory between processes on one
+# host (pydist/shm.py): one copy instead of two, and no socket wake-ups. Below it a socket is
+# cheaper than creating and mapping a file (the crossover measured by bench/ is in
+# docs/performance.md). PYDIST_SHM=0 turns it off; SHM_DIR is the file system used (tmpfs).
+SHM = os.environ.get("PYDIST_SHM", "1") not in ("0", "false", "no")
+SHM_BYTES = _int("PYDIST_SHM_BYTES", 1 << 20)
+SHM_DIR = os.environ.get("PYDIST_SHM_DIR", "/dev/shm")

@@ -28,6 +28,7 @@ import time
 
 from . import settings
 from .errors import ProcessExitedException
+from .shm import HANDLE_FLAG
 from .messages import HEADER, LOCKSTEP, NO_RRID, Kind
 
 log = logging.getLogger("pydist")
@@ -103,8 +104,11 @@ class Reply:
         if timeout is None:
             while not self._done.acquire(timeout=WAKE_SECONDS):
                 pass            # wake now and then: an interrupt is delivered between waits
-        elif not self._done.acquire(timeout=max(timeout, 0)):
-            return False
+        else:
+            deadline = _monotonic() + timeout
+            while not self._done.acquire(timeout=min(max(deadline - _monotonic(), 0), WAKE_SECONDS)):
+                if _monotonic() >= deadline:
+                    return False
         self._done.release()
         return True
 
@@ -251,6 +255,8 @@ class Link:
         self._ids = itertools.count(1)
         self.closed = False
         self.close_reason = ""
+        self.exit_note = ""         # why the peer said it is leaving (process.note_exit)
+        self.segments = None        # shm.Segments when the peer shares this host's shared memory
         self.last_heard = time.monotonic()
         self._reader: threading.Thread | None = None
         self._role_lock = threading.Lock()      # guards the hand-off of reading (_InlineCall)
@@ -278,8 +284,13 @@ class Link:
                              "parts, or raise the limit on every process")
         if kind is Kind.CALL and not mode & LOCKSTEP:
             self._calling_lockstep = False      # an unanswered call: no lock-step now
+        if buffers and self.segments is not None and size >= settings.SHM_BYTES:
+            buffers, lengths = self._share(buffers)
+            size = len(body) + sum(len(b) for b in buffers)
+        else:
+            lengths = [b.nbytes for b in buffers] if buffers else ()
         header = HEADER.pack(kind, mode, len(buffers), rrid[0], rrid[1], msg_id, len(body))
-        sizes = struct.pack(f"!{len(buffers)}Q", *(b.nbytes for b in buffers)) if buffers else b""
+        sizes = struct.pack(f"!{len(buffers)}Q", *lengths) if buffers else b""
         if size > _SMALL_FRAME:
             self._outbox.append((b"".join((header, sizes, body)), buffers))
             self._flush(wait=True)         # the buffers are the caller's memory: write them now
@@ -289,6 +300,20 @@ class Link:
                 self._write_soon()
             elif flush:
                 self._flush(wait=False)
+
+    def _share(self, buffers) -> tuple[list, list[int]]:
+        """Buffers of SHM_BYTES or more become shared-memory segments (shm.py): the frame
+        carries their names, flagged in the size field."""
+        shared, lengths = [], []
+        for buffer in buffers:
+            handle = self.segments.export(buffer) if buffer.nbytes >= settings.SHM_BYTES else None
+            if handle is None:
+                shared.append(buffer)
+                lengths.append(buffer.nbytes)
+            else:
+                shared.append(handle)
+                lengths.append(len(handle) | HANDLE_FLAG)
+        return shared, lengths
 
     def _write_soon(self) -> None:
         """Write now, unless a write happened within BURST_SECONDS: the frame then waits for
@@ -422,17 +447,34 @@ class Link:
         if nbuf:
             if nbuf > settings.MAX_BUFFERS:
                 raise ProtocolError(f"{nbuf} buffers in one frame (limit {settings.MAX_BUFFERS})")
-            sizes = struct.unpack(f"!{nbuf}Q", self._read(8 * nbuf))
+            sizes = flagged = struct.unpack(f"!{nbuf}Q", self._read(8 * nbuf))
+            shared = max(sizes) & HANDLE_FLAG
+            if shared:
+                sizes = tuple(n & ~HANDLE_FLAG for n in sizes)
             total = size + sum(sizes)
         else:
-            sizes, total = (), size
+            sizes = flagged = ()
+            total, shared = size, 0
         if total > settings.MAX_FRAME_BYTES:
             raise ProtocolError(f"a frame of {total} bytes exceeds PYDIST_MAX_FRAME_BYTES="
                                 f"{settings.MAX_FRAME_BYTES}")
         body = self._read(size)
         buffers = [self._read(n) for n in sizes] if sizes else []
+        if shared:
+            self._attach(buffers, flagged)
         self.last_heard = _monotonic()
         return kind, mode, (whence, rid), msg_id, body, buffers
+
+    def _attach(self, buffers: list, flagged: tuple) -> None:
+        """Replace the shared-memory names among `buffers` by the memory they name."""
+        if self.segments is None:
+            raise ProtocolError("a shared-memory segment on a link that shares no memory")
+        for i, size in enumerate(flagged):
+            if size & HANDLE_FLAG:
+                try:
+                    buffers[i] = self.segments.attach(bytes(buffers[i]))
+                except (OSError, ValueError) as err:
+                    raise ProtocolError(f"shared-memory segment: {err}") from err
 
     def _read(self, n: int) -> bytearray:
         start = self._start
@@ -548,6 +590,9 @@ class Link:
                     self.send(Kind.PONG)
                 elif kind is Kind.PONG:
                     pass
+                elif kind is Kind.SHM_FREE:
+                    if self.segments is not None:
+                        self.segments.released(body)
                 else:
                     if kind is Kind.CALL:
                         self._answering_lockstep = bool(mode & LOCKSTEP)
@@ -580,6 +625,8 @@ class Link:
             if self.closed:
                 return
             self.closed = True
+            if self.exit_note:
+                reason = self.exit_note
             self.close_reason = reason
             pending, self._pending = self._pending, {}
         try:
@@ -592,6 +639,8 @@ class Link:
             pass
         for reply in pending.values():
             reply.set(None, None, None, ProcessExitedException(self.peer, reason))
+        if self.segments is not None:
+            self.segments.close()
         self._on_close(self, reason)
 
 

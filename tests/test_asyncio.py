@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import pytest
 
+from conftest import wait_until
 from pydist import RemoteChannel, RemoteException, remotecall, remotecall_fetch
 from pydist.executor import Executor
 
@@ -133,3 +135,17 @@ def test_many_pending_awaits_do_not_starve_the_loop(cluster):
             gate.put(-1)
         loop.run_until_complete(loop.shutdown_default_executor())
         loop.close()
+
+
+def test_cancelling_the_awaiting_task_interrupts_the_call(cluster):
+    from pydist.calls import wait_idle
+
+    async def main():
+        fut = remotecall(time.sleep, cluster[0], 60)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(fut, 0.2)
+        return fut
+
+    fut = asyncio.run(main())
+    wait_until(fut.cancelled, what="the Future to be cancelled")
+    assert remotecall_fetch(wait_idle, cluster[0], 5), "the call still runs"

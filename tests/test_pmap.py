@@ -146,10 +146,24 @@ def test_worker_killed_mid_pmap_is_retried_on_the_others(cluster4):
     assert victim not in workers()
 
 
-def test_worker_killed_mid_pmap_without_retries_raises_process_exited(cluster4):
+def test_a_batch_whose_worker_died_runs_once_more_on_another_worker_by_default(cluster4):
     victim = cluster4[1]
+    assert pmap(_identity_killing(victim, 40), range(400)) == list(range(400))
+    assert victim not in workers()
+
+
+def _killing_every_worker(after):
+    """x, except that whichever worker runs an x >= after dies: a rerun dies too."""
+    def run(x):
+        if x >= after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return x
+    return run
+
+
+def test_an_element_that_kills_two_workers_raises_process_exited(cluster4):
     with pytest.raises(ProcessExitedException):
-        pmap(_identity_killing(victim, 40), range(400))
+        pmap(_killing_every_worker(390), range(400))
 
 
 def test_progress_bar_reports_elements(cluster, capsys):

@@ -6,7 +6,7 @@ import logging
 import os
 import warnings
 
-import dask  # ImportError -> skipped
+import dask  # noqa: F401 -- ImportError -> skipped
 import dask.bag as db
 from distributed import Client, LocalCluster
 

@@ -8,7 +8,6 @@ own way to spread work, on its pool of n CPU slots.
 from __future__ import annotations
 
 import logging
-import os
 
 import ray  # ImportError -> skipped
 

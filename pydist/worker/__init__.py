@@ -3,9 +3,10 @@
 Master connects (local, SSH, Docker): the worker reads the cookie as the first line of its
 stdin, listens, prints `pydist_worker:PORT#HOST` on stdout and waits for the master to dial
 it and send JOIN (a local worker is handed an already connected socket pair instead,
-`--linked-fd`, and is joined over it; its address is for its peers).  Worker connects (Kubernetes, Slurm, Helm, ElasticManager):
-`python -m pydist.worker --join HOST:PORT --cookie-file F` dials the master, retrying with
-backoff for `--join-timeout` seconds, offers itself and waits for JOIN.
+`--linked-fd`, and is joined over it; its address is for its peers).  Worker connects
+(Kubernetes, Slurm, Helm, ElasticManager): `python -m pydist.worker --join HOST:PORT
+--cookie-file F` dials the master, retrying with backoff for `--join-timeout` seconds, offers
+itself and waits for JOIN.
 
 Either way the worker also listens for its peers, and exits as soon as its link to the
 master is gone, so no worker outlives its cluster.  `time.sleep` is made interruptible, and
@@ -218,11 +219,14 @@ def _on_join(link: Link, join: dict) -> None:
     add_members(join["members"], join["master"])
     if "heartbeat" in join:
         configure_heartbeat(*join["heartbeat"])
+    if join.get("memory_limit"):
+        from .memory import watch
+        watch(join["memory_limit"])
     link.peer = 1
     for info in join["dial"]:
         dial_peer(info)
     host, port = STATE.address
-    me = WorkerInfo(STATE.myid, host, port, STATE.hostname, os.getpid())
+    me = WorkerInfo(STATE.myid, host, port, STATE.hostname, os.getpid(), STATE.shm)
     add_members([me])
     link.send(Kind.JOINED, dumps(me)[0])
     register_link(link)

@@ -3,7 +3,7 @@
 With KUBECONFIG set, the tests use that cluster (its current context and namespace) as it is:
 the worker image must be there (kind: `kind load docker-image pydist-worker:latest`), and the
 pods must reach this process at PYDIST_TEST_K8S_JOIN_HOST (default: KubernetesManager's own
-guess).  Otherwise they start the test API server (tests/k8s_apiserver.py: every pod a Docker
+guess).  Otherwise they start the test API server (tests/k8s_apiserver/: every pod a Docker
 container of the local image on a private network) and point KUBECONFIG at it; pods reach this
 process at the network's gateway.  Imported by the test modules (not a conftest: the fixtures
 are for these tests only).

@@ -3,9 +3,9 @@
 The loopback sshd is the one `.ci/sshd.sh start` runs on 127.0.0.1:2222.  The remote hosts are
 two containers of `pydist-sshhost:test` on a private Docker network made here; both are removed
 at teardown.  PYDIST_TEST_SSHD_PORT and PYDIST_TEST_SSHHOST_IMAGE point the tests at another sshd
-or image, for a checkout whose keys or code differ from those the shared ones were made from.  Everything logs in with the test key in .ci/work/ssh and
-checks host keys against its known_hosts.  Imported by test_ssh.py (not a conftest: the
-fixtures are for these tests only).
+or image, for a checkout whose keys or code differ from those the shared ones were made from.
+Everything logs in with the test key in .ci/work/ssh and checks host keys against its
+known_hosts.  Imported by test_ssh.py (not a conftest: the fixtures are for these tests only).
 """
 
 from __future__ import annotations

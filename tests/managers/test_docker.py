@@ -138,6 +138,29 @@ def test_container_killed_mid_call_raises_process_exited(client, docker_workers)
 
 
 @pytest.mark.docker
+def test_a_killed_container_is_replaced_and_a_memory_hog_is_restarted(client):
+    def _hog(megabytes):                  # travels by value: the image lacks the test modules
+        block = bytearray(megabytes << 20)
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        time.sleep(60)
+
+    remove_all_workers()
+    [first] = addprocs(DockerManager(n=1, image=IMAGE), restart=True, memory_limit="150MB")
+    (container,) = cluster_containers(client, pid=first)
+    container.kill()                                       # SIGKILL of the container
+    [second] = wait_until(lambda: [p for p in workers() if p not in (1, first)] or None, 60,
+                          "a replacement container")
+    assert remotecall_fetch(myid, second) == second
+    assert len(cluster_containers(client, pid=second)) == 1
+    with pytest.raises(ProcessExitedException, match="memory_limit"):
+        remotecall_fetch(_hog, second, 300)
+    [third] = wait_until(lambda: [p for p in workers() if p not in (1, first, second)] or None, 60,
+                         "a replacement of the memory hog")
+    assert remotecall_fetch(myid, third) == third
+
+
+@pytest.mark.docker
 def test_container_cut_off_its_network_is_declared_dead_by_the_heartbeat(client):
     from pydist.process import configure_heartbeat
     from pydist import settings

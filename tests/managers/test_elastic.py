@@ -9,7 +9,7 @@ import pytest
 from conftest import remove_all_workers, wait_until
 from pydist import LaunchError, addprocs, cluster_cookie, myid, remotecall_fetch, workers
 from pydist.managers import ElasticManager
-from pydist.managers.elastic import join_listener
+from pydist.managers.base import join_listener
 
 
 @pytest.fixture

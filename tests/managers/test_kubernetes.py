@@ -21,8 +21,10 @@ import pytest
 
 from conftest_k8s import (IMAGE, POD_TIMEOUT, cluster_pods, cluster_secrets, kube,  # noqa: F401 (fixture)
                           remove_workers, wait_for_pods, wait_nothing_left)
-from pydist.managers.kubernetes import KubernetesManager, default_namespace, pending_reason, pod_failure, secret_name
+from pydist.managers._pods import pending_reason, pod_failure
+from pydist.managers.kubernetes import KubernetesManager, default_namespace, secret_name
 from pydist import LaunchError, addprocs, cluster_cookie, myid, pmap, remotecall_fetch, rmprocs, workers
+from conftest import wait_until
 from pydist.process import STATE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -273,6 +275,21 @@ def test_rmprocs_deletes_the_pod(kube, k8s_workers):
 
 
 @pytest.mark.kubernetes
+def test_worker_whose_pod_is_deleted_is_replaced_by_a_new_pod_with_restart(kube):
+    remove_workers()
+    [first] = addprocs(manager(kube, n=1), restart=True)
+    [pod] = cluster_pods(kube, extra=f"pydist.pid={first}")
+    kube.core.delete_namespaced_pod(pod.metadata.name, kube.namespace, grace_period_seconds=0)
+    [second] = wait_until(lambda: [p for p in workers() if p not in (1, first)], timeout=POD_TIMEOUT,
+                          what="the replacement pod's worker to join")
+    assert remotecall_fetch(myid, second) == second
+    [new] = wait_for_pods(kube, f"pydist.cluster={STATE.cluster_id},pydist.pid={second}", lambda pods: pods,
+                          POD_TIMEOUT, "the replacement pod to be labelled")
+    assert new.metadata.name != pod.metadata.name
+    remove_workers()
+
+
+@pytest.mark.kubernetes
 def test_a_left_over_secret_of_the_cluster_gets_the_current_cookie(kube):
     labels = {"pydist.cluster": STATE.cluster_id}
     kube.core.create_namespaced_secret(kube.namespace, {"metadata": {"name": secret_name(), "labels": labels},
@@ -346,7 +363,8 @@ def test_missing_image_fails_with_the_pull_error(kube):
 def test_unschedulable_pod_fails_after_pending_timeout_with_the_schedulers_reason(kube):
     # worker_timeout counts from Running only: the 1 s of it never runs out for a pending pod.
     err = add_failing(kube, node_selector={"disk": "ssd"}, pending_timeout=3, worker_timeout=1)
-    assert "stayed Pending for 3 s (Unschedulable" in str(err) and "node_selector=" in str(err)
+    assert "stayed pending (Unschedulable" in str(err) and "for 3 s and was cancelled" in str(err)
+    assert "node_selector=" in str(err)
 
 
 @pytest.mark.kubernetes

@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from pydist.managers import _forkserver
+from pydist.managers import LocalManager, _forkserver
 from pydist import addprocs, remotecall_fetch, rmprocs, settings, workers
 from tests.conftest import wait_until
 
@@ -132,3 +132,24 @@ def test_a_users_own_managers_module_does_not_shadow_pydist_managers(tmp_path):
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "42"
+
+
+@pytest.mark.parametrize("keyword", ["tunnel", "multiplex", "sshflags", "max_parallel", "shell", "bogus"])
+def test_a_keyword_local_manager_does_not_take_raises_type_error_naming_the_accepted_ones(no_workers, keyword):
+    with pytest.raises(TypeError, match=rf"'{keyword}': LocalManager does not take them; it accepts .*restrict"):
+        addprocs(1, **{keyword: True})
+    assert workers() == [1]
+
+
+def _bound_to():
+    from pydist.process import STATE
+    return STATE.listener.getsockname()[0]
+
+
+@pytest.mark.parametrize("manager, keywords, bound", [
+    (lambda: 1, {}, "127.0.0.1"), (lambda: 1, {"restrict": False}, "0.0.0.0"),
+    (lambda: LocalManager(1, restrict=False), {}, "0.0.0.0"),
+    (lambda: LocalManager(1, restrict=False), {"restrict": True}, "127.0.0.1")])
+def test_restrict_binds_local_workers_to_loopback_or_every_interface(no_workers, manager, keywords, bound):
+    [w] = addprocs(manager(), **keywords)
+    assert remotecall_fetch(_bound_to, w) == bound

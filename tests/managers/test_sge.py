@@ -27,7 +27,7 @@ from infra import require, sge_running      # tests/ is on sys.path (no tests/__
 from pydist import (LaunchError, addprocs, cluster_cookie, default_addprocs_params, myid, pmap, remotecall,
                     remotecall_fetch, rmprocs, workers)
 from pydist.managers import SGEManager
-from pydist.managers._jobs import write_secret
+from pydist.managers.base import write_secret
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "sge"
@@ -158,6 +158,18 @@ def test_sge_workers_compute_call_each_other_and_rmprocs_deletes_the_job(sge):
 
 
 @pytest.mark.sge
+def test_a_worker_whose_job_is_deleted_is_replaced_by_a_new_job_with_restart(sge):
+    name, _tmp = sge
+    [first] = addprocs(manager(sge, n=1), restart=True)
+    [job] = qstat_ids(name)
+    subprocess.run(["qdel", job], check=True, capture_output=True, timeout=30)
+    [second] = wait_until(lambda: [p for p in workers() if p not in (1, first)] or None, 60,
+                          "a replacement job's worker")
+    [new_job] = wait_for(lambda: [j for j in qstat_ids(name) if j != job] or None, 30, "the new job")
+    assert remotecall_fetch(lambda: os.environ["JOB_ID"], second) == new_job
+
+
+@pytest.mark.sge
 def test_sge_job_outlives_a_removed_worker_until_the_last_one_goes(sge):
     name, _tmp = sge
     first, second = addprocs(manager(sge, n=2))
@@ -172,7 +184,7 @@ MASTER = """
 import os, signal, sys
 from pydist import addprocs
 from pydist.managers import SGEManager
-from pydist.managers._jobs import write_secret
+from pydist.managers.base import write_secret
 addprocs(SGEManager(n=1, join_host="127.0.0.1", output_dir=sys.argv[2], job_name=sys.argv[3],
                     walltime="00:05:00", poll_interval=0.5, queue_timeout=60, worker_timeout=30))
 print("ready", flush=True)
@@ -196,7 +208,7 @@ DRIVER = """
 import json, os, sys
 from pydist import addprocs, myid, pmap, remotecall_fetch, rmprocs
 from pydist.managers import SGEManager
-from pydist.managers._jobs import write_secret
+from pydist.managers.base import write_secret
 ids = addprocs(SGEManager(join_host="127.0.0.1", output_dir=sys.argv[2], poll_interval=0.5))
 result = {"ids": ids, "squares": pmap(lambda x: x * x, range(6)),
           "jobs": [remotecall_fetch(lambda: os.environ["JOB_ID"], p) for p in ids],
@@ -261,7 +273,7 @@ def test_unknown_queue_fails_with_qsubs_message(sge):
 @pytest.mark.sge
 def test_job_that_never_starts_is_deleted_after_queue_timeout_with_its_state(sge):
     name, _tmp = sge
-    with pytest.raises(LaunchError, match=r"stayed PENDING \(state hqw: qstat -j \d+ says why\) for 3 s"):
+    with pytest.raises(LaunchError, match=r"stayed pending \(state hqw: qstat -j \d+ says why\) for 3 s"):
         addprocs(manager(sge, n=1, qsub_args=["-h"], queue_timeout=3))    # -h: held, never runs
     assert not qstat_ids(name)
 
@@ -273,7 +285,7 @@ def test_job_that_never_starts_is_deleted_after_queue_timeout_with_its_state(sge
 ])
 def test_workers_failing_at_start_show_the_tail_of_the_jobs_output(sge, options, addprocs_kw, shown):
     name, _tmp = sge
-    with pytest.raises(LaunchError, match="before these workers joined") as caught:
+    with pytest.raises(LaunchError, match="the job ended .* before they joined") as caught:
         addprocs(manager(sge, n=1, **options), **addprocs_kw)
     assert shown in str(caught.value)
     assert not qstat_ids(name)

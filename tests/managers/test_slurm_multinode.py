@@ -25,7 +25,7 @@ from infra import (SLURM_MN_CONF, SLURM_MN_GATEWAY, SLURM_MN_NODES, SLURM_MN_PYT
 from pydist import (ProcessExitedException, addprocs, cluster_cookie, myid, remotecall_fetch, rmprocs,
                     workers)
 from pydist.managers import SlurmManager
-from pydist.managers._jobs import write_secret
+from pydist.managers.base import write_secret
 
 pytestmark = pytest.mark.slurm_multinode
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "slurm"
@@ -109,7 +109,7 @@ DRIVER = """
 import collections, json, os, socket, subprocess, sys
 from pydist import addprocs, myid, pmap, remotecall_fetch, rmprocs
 from pydist.managers import SlurmManager
-from pydist.managers._jobs import write_secret
+from pydist.managers.base import write_secret
 ids = addprocs(SlurmManager(output_dir=sys.argv[2], poll_interval=0.5))
 job = os.environ["SLURM_JOB_ID"]
 steps = subprocess.run(["squeue", "-h", "-s", "-j", job, "-o", "%i"], capture_output=True,

@@ -25,8 +25,8 @@ from conftest_ssh import (LOOPBACK, SSHD_PORT, SSHHOST_IMAGE, docker, loopback, 
                           ssh_flags, sshhosts)
 from pydist.managers import SSHManager
 from pydist.managers._openssh import _host_matches, _parse_sshflags, _resolve
-from pydist import (LaunchError, RemoteChannel, RemoteException, addprocs, default_addprocs_params, interrupt, remote_do,
-                    remotecall, remotecall_fetch, rmprocs, settings, workers)
+from pydist import (LaunchError, RemoteChannel, RemoteException, addprocs, default_addprocs_params, interrupt,
+                    remote_do, remotecall, remotecall_fetch, rmprocs, settings, workers)
 from pydist.cluster import registry
 
 # The containers do not have this file: functions defined here travel by value.
