@@ -10,9 +10,7 @@ Workers dial 127.0.0.1 only.
 from __future__ import annotations
 
 import json
-import logging
 import os
-import secrets
 import stat
 import subprocess
 import sys
@@ -21,22 +19,18 @@ from pathlib import Path
 
 import pytest
 
-from conftest import wait_until
+import batch_contract as contract
+from batch_contract import Batch, leaves_nothing_behind
 from infra import require, sge_running      # tests/ is on sys.path (no tests/__init__.py)
 
-from pydist import (LaunchError, addprocs, cluster_cookie, default_addprocs_params, myid, pmap, remotecall,
-                    remotecall_fetch, rmprocs, workers)
+from pydist import (LaunchError, addprocs, cluster_cookie, default_addprocs_params, myid, pmap, remotecall_fetch,
+                    rmprocs, workers)
 from pydist.managers import SGEManager
 from pydist.managers.base import write_secret
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "sge"
-QSTAT_PERIOD = 0.5      # how often the tests' own waits ask qstat
 PE = "pydist"           # the parallel environment .ci/sge.sh makes
-
-
-def wait_for(condition, timeout: float, what: str):
-    return wait_until(condition, timeout, what, QSTAT_PERIOD)
 
 
 def qstat_ids(job_name: str) -> list[str]:
@@ -44,12 +38,6 @@ def qstat_ids(job_name: str) -> list[str]:
     out = subprocess.run(["qstat", "-xml"], capture_output=True, text=True, timeout=30, check=True).stdout
     return sorted({e.findtext("JB_job_number") for e in ET.fromstring(out).iter("job_list")
                    if e.findtext("JB_name") == job_name})
-
-
-def remove_workers() -> None:
-    ids = [p for p in workers() if p != 1]
-    if ids:
-        rmprocs(*ids, waitfor=30)
 
 
 # -- job_script(): no Grid Engine needed -----------------------------------------------------
@@ -117,35 +105,21 @@ def test_sge_manager_without_n_outside_a_parallel_job_says_what_to_pass(monkeypa
 # -- real Grid Engine ------------------------------------------------------------------------
 @pytest.fixture
 def sge(tmp_path):
-    """A job name and output directory of this test's own; afterwards no job under that
-    name is left in qstat, no worker in the cluster and no cookie file on disk."""
+    """A job name and output directory of this test's own (batch_contract.leaves_nothing_behind)."""
     require(sge_running(), "Grid Engine is not running (bash .ci/sge.sh start)")
-    name = f"pydist-test-{secrets.token_hex(3)}"
-    remove_workers()
-    yield name, tmp_path
-    remove_workers()
-    try:        # a job being deleted is still listed (state dr) for a moment
-        wait_for(lambda: not qstat_ids(name), 30, f"the jobs named {name} to leave qstat")
-    except AssertionError:
-        left = qstat_ids(name)
-        subprocess.run(["qdel", "-f", *left], timeout=30)
-        raise AssertionError(f"the test left Grid Engine jobs {left} behind (now deleted)") from None
-    assert not list(tmp_path.glob("*.cookie")), "a cookie file was left behind"
-
-
-def manager(sge, **options) -> SGEManager:
-    name, tmp = sge
-    settings = dict(join_host="127.0.0.1", output_dir=str(tmp), job_name=name, walltime="00:05:00",
-                    poll_interval=0.5, queue_timeout=60, worker_timeout=30)
-    return SGEManager(**{**settings, **options})
+    batch = Batch(SGEManager, qstat_ids, "qdel", "JOB_ID",
+                  dict(join_host="127.0.0.1", output_dir=str(tmp_path), walltime="00:05:00",
+                       poll_interval=0.5, queue_timeout=60, worker_timeout=30))
+    with leaves_nothing_behind(batch, tmp_path):
+        yield batch, tmp_path
 
 
 @pytest.mark.sge
 def test_sge_workers_compute_call_each_other_and_rmprocs_deletes_the_job(sge):
-    name, tmp = sge
-    ids = addprocs(manager(sge, n=2))
+    batch, tmp = sge
+    ids = addprocs(batch.manager(n=2))
     assert len(ids) == 2 and workers() == ids
-    [job] = qstat_ids(name)
+    [job] = batch.jobs()
     cookie = next(tmp.glob("*.cookie"))
     assert stat.S_IMODE(cookie.stat().st_mode) == 0o600
     assert pmap(lambda x: x * x, range(8)) == [x * x for x in range(8)]
@@ -153,55 +127,25 @@ def test_sge_workers_compute_call_each_other_and_rmprocs_deletes_the_job(sge):
     assert tasks == [(job, "1"), (job, "2")]
     assert remotecall_fetch(lambda peer: remotecall_fetch(myid, peer), ids[0], ids[1]) == ids[1]
     rmprocs(*ids).wait(30)
-    wait_for(lambda: not qstat_ids(name), 30, f"job {job} to leave qstat after rmprocs")
+    batch.wait_until_gone(f"job {job} to leave qstat after rmprocs")
     assert not cookie.exists()
 
 
 @pytest.mark.sge
 def test_a_worker_whose_job_is_deleted_is_replaced_by_a_new_job_with_restart(sge):
-    name, _tmp = sge
-    [first] = addprocs(manager(sge, n=1), restart=True)
-    [job] = qstat_ids(name)
-    subprocess.run(["qdel", job], check=True, capture_output=True, timeout=30)
-    [second] = wait_until(lambda: [p for p in workers() if p not in (1, first)] or None, 60,
-                          "a replacement job's worker")
-    [new_job] = wait_for(lambda: [j for j in qstat_ids(name) if j != job] or None, 30, "the new job")
-    assert remotecall_fetch(lambda: os.environ["JOB_ID"], second) == new_job
+    contract.cancelled_job_is_replaced_by_a_new_job_with_restart(sge[0])
 
 
 @pytest.mark.sge
 def test_sge_job_outlives_a_removed_worker_until_the_last_one_goes(sge):
-    name, _tmp = sge
-    first, second = addprocs(manager(sge, n=2))
-    rmprocs(first).wait(30)
-    assert remotecall_fetch(myid, second) == second       # its task still runs
-    assert qstat_ids(name)
-    rmprocs(second).wait(30)
-    wait_for(lambda: not qstat_ids(name), 30, "the job to leave qstat after its last worker")
-
-
-MASTER = """
-import os, signal, sys
-from pydist import addprocs
-from pydist.managers import SGEManager
-from pydist.managers.base import write_secret
-addprocs(SGEManager(n=1, join_host="127.0.0.1", output_dir=sys.argv[2], job_name=sys.argv[3],
-                    walltime="00:05:00", poll_interval=0.5, queue_timeout=60, worker_timeout=30))
-print("ready", flush=True)
-if sys.argv[1] == "sigkill":
-    os.kill(os.getpid(), signal.SIGKILL)      # no atexit: the workers notice the lost link
-"""
+    contract.job_outlives_a_removed_worker_until_the_last_one_goes(sge[0])
 
 
 @pytest.mark.sge
 @pytest.mark.parametrize("how", ["exit", "sigkill"])
 def test_sge_job_ends_within_30_s_when_the_master_exits(sge, how):
-    name, tmp = sge
-    master = subprocess.run([sys.executable, "-c", MASTER, how, str(tmp), name], capture_output=True,
-                            text=True, timeout=90)
-    assert "ready" in master.stdout, master.stderr
-    wait_for(lambda: not qstat_ids(name), 30, f"the job to end after the master's {how}")
-    wait_for(lambda: not list(tmp.glob("*.cookie")), 5, "the job's cookie file to be removed")
+    batch, tmp = sge
+    contract.job_ends_within_30_s_when_the_master_exits(batch, how, tmp)
 
 
 DRIVER = """
@@ -222,7 +166,8 @@ with open(sys.argv[1], "w") as f:
 
 @pytest.mark.sge
 def test_sge_manager_inside_a_parallel_job_starts_one_worker_per_slot(sge):
-    name, tmp = sge
+    batch, tmp = sge
+    name = batch.name
     (tmp / "driver.py").write_text(DRIVER)
     result = tmp / "result.json"
     job = subprocess.run(
@@ -230,7 +175,7 @@ def test_sge_manager_inside_a_parallel_job_starts_one_worker_per_slot(sge):
          str(DEPLOY / "driver.sh"), str(tmp / "driver.py"), str(result), str(tmp)],
         env={**os.environ, "PYDIST_PYTHON": sys.executable}, capture_output=True, text=True,
         timeout=30, check=True).stdout.strip()
-    wait_for(lambda: not qstat_ids(name), 60, f"driver job {job} to finish")
+    batch.wait_until_gone(f"driver job {job} to finish", 60)
     output = "".join(p.read_text() for p in tmp.glob("*.out"))
     assert result.exists(), f"the driver wrote no result; its output:\n{output}"
     got = json.loads(result.read_text())
@@ -242,7 +187,8 @@ def test_sge_manager_inside_a_parallel_job_starts_one_worker_per_slot(sge):
 @pytest.mark.sge
 def test_worker_array_joins_an_elastic_master(sge):
     from pydist.managers.elastic import ElasticManager
-    name, tmp = sge
+    batch, tmp = sge
+    name = batch.name
     elastic = ElasticManager(n=2, host="127.0.0.1", port=0, timeout=60)
     host, port = elastic.address
     cookie = tmp / "elastic.cookie.txt"
@@ -259,23 +205,21 @@ def test_worker_array_joins_an_elastic_master(sge):
     assert tasks == ["1", "2"]
     assert remotecall_fetch(lambda: os.environ["JOB_ID"], ids[0]) == job
     rmprocs(*ids).wait(30)
-    wait_for(lambda: not qstat_ids(name), 30, f"array job {job} to end after rmprocs")
+    batch.wait_until_gone(f"array job {job} to end after rmprocs")
 
 
 @pytest.mark.sge
 def test_unknown_queue_fails_with_qsubs_message(sge):
     with pytest.raises(LaunchError, match="no-such-queue") as caught:
-        addprocs(manager(sge, n=1, queue="no-such-queue"))
+        addprocs(sge[0].manager(n=1, queue="no-such-queue"))
     assert caught.value.added == []
     assert "job_script()" in str(caught.value)
 
 
 @pytest.mark.sge
 def test_job_that_never_starts_is_deleted_after_queue_timeout_with_its_state(sge):
-    name, _tmp = sge
-    with pytest.raises(LaunchError, match=r"stayed pending \(state hqw: qstat -j \d+ says why\) for 3 s"):
-        addprocs(manager(sge, n=1, qsub_args=["-h"], queue_timeout=3))    # -h: held, never runs
-    assert not qstat_ids(name)
+    contract.job_pending_past_queue_timeout_is_cancelled(sge[0], r"state hqw: qstat -j \d+ says why",
+                                                          qsub_args=["-h"])     # -h: held, never runs
 
 
 @pytest.mark.sge
@@ -284,29 +228,17 @@ def test_job_that_never_starts_is_deleted_after_queue_timeout_with_its_state(sge
     ({}, {"exename": "/nonexistent/python3"}, "/nonexistent/python3: not found"),
 ])
 def test_workers_failing_at_start_show_the_tail_of_the_jobs_output(sge, options, addprocs_kw, shown):
-    name, _tmp = sge
-    with pytest.raises(LaunchError, match="the job ended .* before they joined") as caught:
-        addprocs(manager(sge, n=1, **options), **addprocs_kw)
-    assert shown in str(caught.value)
-    assert not qstat_ids(name)
+    contract.workers_failing_at_start_show_the_tail_of_the_jobs_output(sge[0], options, addprocs_kw, shown)
 
 
 @pytest.mark.sge
 def test_job_in_error_state_fails_at_once_with_grid_engines_reason(sge):
-    name, _tmp = sge
+    batch, _tmp = sge
     with pytest.raises(LaunchError, match=r"ended \(state Eqw: error: can't chdir to /nonexistent/dir"):
-        addprocs(manager(sge, n=1), dir="/nonexistent/dir")      # -wd: the job cannot start
-    assert not qstat_ids(name)
+        addprocs(batch.manager(n=1), dir="/nonexistent/dir")      # -wd: the job cannot start
+    assert not batch.jobs()
 
 
 @pytest.mark.sge
 def test_workers_are_removed_walltime_margin_seconds_before_h_rt(sge, caplog):
-    name, _tmp = sge
-    caplog.set_level(logging.WARNING, logger="pydist")
-    # A 1-minute job whose margin is 55 s: its worker is removed about 5 s after it starts.
-    [pid] = addprocs(manager(sge, n=1, walltime="00:01:00", walltime_margin=55))
-    running = remotecall(lambda: (__import__("time").sleep(8), "finished")[1], pid)
-    wait_for(lambda: pid not in workers(), 40, f"worker {pid} to be removed at the walltime margin")
-    assert running.fetch() == "finished"          # the call it was running was let finish
-    wait_for(lambda: not qstat_ids(name), 30, "the job to be deleted after its worker left")
-    assert "reaches its time limit" in caplog.text
+    contract.workers_are_removed_walltime_margin_seconds_before_the_limit(sge[0], caplog, walltime="00:01:00")

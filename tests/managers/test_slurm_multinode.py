@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import secrets
 import shutil
 import socket
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from batch_contract import Batch, leaves_nothing_behind
 from conftest import wait_until
 from infra import (SLURM_MN_CONF, SLURM_MN_GATEWAY, SLURM_MN_NODES, SLURM_MN_PYTHON, SLURM_MN_SHARED,
                    require, slurm_multinode_running)
@@ -48,61 +48,41 @@ def worker_processes(node: str) -> str:
     return "\n".join(line for line in ps if "pydist.worker" in line)
 
 
-def remove_workers() -> None:
-    ids = [p for p in workers() if p != 1]
-    if ids:
-        rmprocs(*ids, waitfor=30)
-
-
 @pytest.fixture
 def mn(monkeypatch):
-    """A job name and a shared output directory of this test's own, the host's Slurm client
-    pointed at the containers' controller; afterwards no job under that name is left, no
-    worker process on either node and no cookie file."""
+    """The host's Slurm client pointed at the containers' controller, a job name and an output
+    directory both nodes share (batch_contract.leaves_nothing_behind; the directory goes after)."""
     require(slurm_multinode_running(), "the multi-node Slurm in containers (bash .ci/slurm-multinode.sh start)")
     monkeypatch.setenv("SLURM_CONF", str(SLURM_MN_CONF))
-    name = f"pydist-mn-{secrets.token_hex(3)}"
-    shared = SLURM_MN_SHARED / name
+    batch = Batch(SlurmManager, squeue_ids, "scancel", "SLURM_JOB_ID", {})
+    shared = SLURM_MN_SHARED / batch.name
     shared.mkdir(mode=0o700)
-    remove_workers()
-    yield name, shared
-    remove_workers()
-    try:
-        wait_until(lambda: not squeue_ids(name), 60, f"the jobs named {name} to leave squeue", 0.5)
-    except AssertionError:
-        left = squeue_ids(name)
-        subprocess.run(["scancel", *left], timeout=30)
-        raise AssertionError(f"the test left Slurm jobs {left} behind (now cancelled)") from None
-    assert not list(shared.glob("*.cookie")), "a cookie file was left behind"
+    batch.settings = dict(join_host=SLURM_MN_GATEWAY, output_dir=str(shared), time="5", poll_interval=0.5,
+                          queue_timeout=60, worker_timeout=60)
+    with leaves_nothing_behind(batch, shared):
+        yield batch, shared
     shutil.rmtree(shared)
-
-
-def manager(mn, **options) -> SlurmManager:
-    name, shared = mn
-    settings = dict(join_host=SLURM_MN_GATEWAY, output_dir=str(shared), job_name=name, time="5",
-                    poll_interval=0.5, queue_timeout=60, worker_timeout=60)
-    return SlurmManager(**{**settings, **options})
 
 
 def launch_on_both_nodes(mn) -> dict[int, str]:
     """Four workers, two per node, from the login node: {pid: node}."""
-    _name, shared = mn
-    ids = addprocs(manager(mn, n=4, sbatch_args=["--nodes=2", "--ntasks-per-node=2"]),
+    batch, shared = mn
+    ids = addprocs(batch.manager(n=4, sbatch_args=["--nodes=2", "--ntasks-per-node=2"]),
                    exename=SLURM_MN_PYTHON, dir=str(shared))
     return {p: remotecall_fetch(socket.gethostname, p) for p in ids}
 
 
 def test_login_node_manager_places_workers_on_both_nodes(mn):
-    name, _shared = mn
+    batch, _shared = mn
     hosts = launch_on_both_nodes(mn)
     assert collections.Counter(hosts.values()) == {node: 2 for node in SLURM_MN_NODES}
     first = next(p for p, h in hosts.items() if h == SLURM_MN_NODES[0])
     second = next(p for p, h in hosts.items() if h == SLURM_MN_NODES[1])
     # worker to worker, across the nodes' network
     assert remotecall_fetch(lambda peer: remotecall_fetch(myid, peer), first, second) == second
-    [job] = squeue_ids(name)
+    [job] = batch.jobs()
     rmprocs(*hosts).wait(30)
-    wait_until(lambda: not squeue_ids(name), 30, f"job {job} to leave squeue after rmprocs", 0.5)
+    batch.wait_until_gone(f"job {job} to leave squeue after rmprocs")
 
 
 DRIVER = """
@@ -127,7 +107,8 @@ with open(sys.argv[1], "w") as f:
 
 
 def test_inside_a_two_node_allocation_one_srun_step_starts_a_worker_per_task(mn):
-    name, shared = mn
+    batch, shared = mn
+    name = batch.name
     (shared / "driver.py").write_text(DRIVER)
     result = shared / "result.json"
     job = subprocess.run(          # deploy/slurm/driver.sbatch as shipped
@@ -136,7 +117,7 @@ def test_inside_a_two_node_allocation_one_srun_step_starts_a_worker_per_task(mn)
          str(shared / "driver.py"), str(result), str(shared)],
         env={**os.environ, "PYDIST_PYTHON": SLURM_MN_PYTHON}, capture_output=True, text=True,
         timeout=30, check=True).stdout.strip()
-    wait_until(lambda: not squeue_ids(name), 120, f"driver job {job} to finish", 0.5)
+    batch.wait_until_gone(f"driver job {job} to finish", 120)
     output = "".join(p.read_text() for p in shared.glob("*.out"))
     assert result.exists(), f"the driver wrote no result; its output:\n{output}"
     got = json.loads(result.read_text())
@@ -149,7 +130,8 @@ def test_inside_a_two_node_allocation_one_srun_step_starts_a_worker_per_task(mn)
 
 def test_worker_array_joins_an_elastic_master_on_the_login_node(mn):
     from pydist.managers.elastic import ElasticManager
-    name, shared = mn
+    batch, shared = mn
+    name = batch.name
     elastic = ElasticManager(n=2, host=SLURM_MN_GATEWAY, port=0, timeout=60)
     cookie = shared / "elastic-cookie.txt"
     write_secret(str(cookie), cluster_cookie())      # mode 0600, as the script asks
@@ -163,11 +145,11 @@ def test_worker_array_joins_an_elastic_master_on_the_login_node(mn):
     assert sorted(remotecall_fetch(lambda: os.environ["SLURM_ARRAY_TASK_ID"], p) for p in ids) == ["0", "1"]
     assert {remotecall_fetch(socket.gethostname, p) for p in ids} <= set(SLURM_MN_NODES)
     rmprocs(*ids).wait(30)
-    wait_until(lambda: not squeue_ids(name), 30, f"array job {job} to end after rmprocs", 0.5)
+    batch.wait_until_gone(f"array job {job} to end after rmprocs")
 
 
 def test_killing_a_node_ends_exactly_its_workers_and_scancel_leaves_nothing_running(mn):
-    name, _shared = mn
+    batch, _shared = mn
     hosts = launch_on_both_nodes(mn)
     lost = SLURM_MN_NODES[1]
     try:
@@ -180,12 +162,12 @@ def test_killing_a_node_ends_exactly_its_workers_and_scancel_leaves_nothing_runn
                     remotecall_fetch(myid, pid)
             else:
                 assert remotecall_fetch(myid, pid) == pid
-        [job] = squeue_ids(name)
+        [job] = batch.jobs()
         subprocess.run(["scancel", job], timeout=30, check=True)
         wait_until(lambda: not workers() or workers() == [1], 60, "the surviving workers to exit", 0.2)
         wait_until(lambda: not worker_processes(SLURM_MN_NODES[0]), 60,
                    f"no worker process left on {SLURM_MN_NODES[0]}", 0.5)
-        wait_until(lambda: not squeue_ids(name), 60, f"job {job} to leave squeue after scancel", 0.5)
+        batch.wait_until_gone(f"job {job} to leave squeue after scancel", 60)
     finally:        # the node comes back (ReturnToService=2) for the tests after this one
         subprocess.run(["docker", "start", f"pydist-{lost}"], capture_output=True, timeout=60)
         wait_until(slurm_multinode_running, 90, f"{lost} to be up again", 1.0)
