@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,8 @@ import pytest
 
 from conftest import wait_until
 
-from pydist import LaunchError, addprocs, myid, remotecall, remotecall_fetch, rmprocs, workers
+from pydist import LaunchError, addprocs, cluster_cookie, myid, remotecall, remotecall_fetch, rmprocs, workers
+from pydist.managers.base import write_secret
 
 POLL_PERIOD = 0.5       # how often the tests' own waits ask the scheduler
 
@@ -131,3 +133,59 @@ def workers_are_removed_walltime_margin_seconds_before_the_limit(batch: Batch, c
     assert running.fetch() == "finished"          # the call it was running was let finish
     batch.wait_until_gone("the job to be cancelled after its worker left")
     assert "reaches its time limit" in caplog.text
+
+
+DRIVER = """
+import json, os, sys
+from pydist import addprocs, managers, myid, pmap, remotecall_fetch, rmprocs
+manager_class, job_variable, result, output_dir = sys.argv[1:5]
+ids = addprocs(getattr(managers, manager_class)(join_host="127.0.0.1", output_dir=output_dir, poll_interval=0.5))
+got = {"ids": ids, "squares": pmap(lambda x: x * x, range(6)),
+       "jobs": [remotecall_fetch(lambda: os.environ[job_variable], p) for p in ids],
+       "peer": remotecall_fetch(lambda p: remotecall_fetch(myid, p), ids[0], ids[-1]),
+       "master_job": os.environ[job_variable]}
+rmprocs(*ids).wait(30)
+with open(result, "w") as f:
+    json.dump(got, f)
+"""
+
+
+def manager_inside_a_job_starts_one_worker_per_task(batch: Batch, output_dir: Path, submit: list[str]) -> None:
+    """`submit` (sbatch/qsub options and the deploy driver script, asking for 2 tasks) runs
+    DRIVER as the master of a job, which starts a worker per task of it with no `n`."""
+    (output_dir / "driver.py").write_text(DRIVER)
+    result = output_dir / "result.json"
+    job = subprocess.run(
+        [*submit, str(output_dir / "driver.py"), batch.manager_class.__name__, batch.job_id_variable,
+         str(result), str(output_dir)],
+        env={**os.environ, "PYDIST_PYTHON": sys.executable}, capture_output=True, text=True,
+        timeout=30, check=True).stdout.strip()
+    batch.wait_until_gone(f"driver job {job} to finish", 60)
+    output = "".join(p.read_text() for p in output_dir.glob("*.out"))
+    assert result.exists(), f"the driver wrote no result; its output:\n{output}"
+    got = json.loads(result.read_text())
+    assert got["ids"] == [2, 3] and got["peer"] == 3
+    assert got["squares"] == [0, 1, 4, 9, 16, 25]
+    assert got["jobs"] == [job, job] == [got["master_job"]] * 2
+
+
+def worker_array_joins_an_elastic_master(batch: Batch, output_dir: Path, submit: list[str], host: str,
+                                         task_variable: str, tasks: list[str], array_job_variable: str,
+                                         python: str = sys.executable, **submit_env: str) -> list[int]:
+    """`submit` (the deploy workers script as a 2-task array) joins an ElasticManager listening
+    on `host`; returns the workers' ids."""
+    from pydist.managers.elastic import ElasticManager
+    elastic = ElasticManager(n=2, host=host, port=0, timeout=60)
+    cookie = output_dir / "elastic-cookie.txt"
+    write_secret(str(cookie), cluster_cookie())      # mode 0600, as the script asks
+    env = {**os.environ, "PYDIST_HEAD": f"{host}:{elastic.address[1]}", "PYDIST_COOKIE_FILE": str(cookie),
+           "PYDIST_PYTHON": python, **submit_env}
+    job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=30,
+                         check=True).stdout.strip().split(".")[0]     # qsub -terse: 12.1-2:1
+    ids = addprocs(elastic)
+    assert sorted(remotecall_fetch(lambda var: os.environ[var], p, task_variable) for p in ids) == tasks
+    assert remotecall_fetch(lambda var: os.environ[var], ids[0], array_job_variable) == job
+    found = [remotecall_fetch(socket.gethostname, p) for p in ids]
+    rmprocs(*ids).wait(30)
+    batch.wait_until_gone(f"array job {job} to end after rmprocs")
+    return found

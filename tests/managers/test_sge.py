@@ -9,7 +9,6 @@ Workers dial 127.0.0.1 only.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import subprocess
@@ -26,7 +25,6 @@ from infra import require, sge_running      # tests/ is on sys.path (no tests/__
 from pydist import (LaunchError, addprocs, cluster_cookie, default_addprocs_params, myid, pmap, remotecall_fetch,
                     rmprocs, workers)
 from pydist.managers import SGEManager
-from pydist.managers.base import write_secret
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "sge"
@@ -148,64 +146,20 @@ def test_sge_job_ends_within_30_s_when_the_master_exits(sge, how):
     contract.job_ends_within_30_s_when_the_master_exits(batch, how, tmp)
 
 
-DRIVER = """
-import json, os, sys
-from pydist import addprocs, myid, pmap, remotecall_fetch, rmprocs
-from pydist.managers import SGEManager
-from pydist.managers.base import write_secret
-ids = addprocs(SGEManager(join_host="127.0.0.1", output_dir=sys.argv[2], poll_interval=0.5))
-result = {"ids": ids, "squares": pmap(lambda x: x * x, range(6)),
-          "jobs": [remotecall_fetch(lambda: os.environ["JOB_ID"], p) for p in ids],
-          "peer": remotecall_fetch(lambda p: remotecall_fetch(myid, p), ids[0], ids[-1]),
-          "master_job": os.environ["JOB_ID"]}
-rmprocs(*ids).wait(30)
-with open(sys.argv[1], "w") as f:
-    json.dump(result, f)
-"""
-
-
 @pytest.mark.sge
 def test_sge_manager_inside_a_parallel_job_starts_one_worker_per_slot(sge):
     batch, tmp = sge
-    name = batch.name
-    (tmp / "driver.py").write_text(DRIVER)
-    result = tmp / "result.json"
-    job = subprocess.run(
-        ["qsub", "-terse", "-pe", PE, "2", "-N", name, "-o", f"{tmp}/driver-$JOB_ID.out",
-         str(DEPLOY / "driver.sh"), str(tmp / "driver.py"), str(result), str(tmp)],
-        env={**os.environ, "PYDIST_PYTHON": sys.executable}, capture_output=True, text=True,
-        timeout=30, check=True).stdout.strip()
-    batch.wait_until_gone(f"driver job {job} to finish", 60)
-    output = "".join(p.read_text() for p in tmp.glob("*.out"))
-    assert result.exists(), f"the driver wrote no result; its output:\n{output}"
-    got = json.loads(result.read_text())
-    assert got["ids"] == [2, 3] and got["peer"] == 3
-    assert got["squares"] == [0, 1, 4, 9, 16, 25]
-    assert got["jobs"] == [job, job] == [got["master_job"]] * 2
+    contract.manager_inside_a_job_starts_one_worker_per_task(batch, tmp, [
+        "qsub", "-terse", "-pe", PE, "2", "-N", batch.name, "-o", f"{tmp}/driver-$JOB_ID.out",
+        str(DEPLOY / "driver.sh")])
 
 
 @pytest.mark.sge
 def test_worker_array_joins_an_elastic_master(sge):
-    from pydist.managers.elastic import ElasticManager
     batch, tmp = sge
-    name = batch.name
-    elastic = ElasticManager(n=2, host="127.0.0.1", port=0, timeout=60)
-    host, port = elastic.address
-    cookie = tmp / "elastic.cookie.txt"
-    write_secret(str(cookie), cluster_cookie())      # mode 0600, as the script asks
-    env = {**os.environ, "PYDIST_HEAD": f"{'127.0.0.1' if host == '0.0.0.0' else host}:{port}",
-           "PYDIST_COOKIE_FILE": str(cookie), "PYDIST_PYTHON": sys.executable}
-    job = subprocess.run(["qsub", "-terse", "-t", "1-2", "-N", name, "-o", f"{tmp}/workers.out",
-                          str(DEPLOY / "workers.sh")],
-                         env=env, capture_output=True, text=True, timeout=30, check=True).stdout
-    job = job.strip().split(".")[0]
-    ids = addprocs(elastic)
-    assert len(ids) == 2
-    tasks = sorted(remotecall_fetch(lambda: os.environ["SGE_TASK_ID"], p) for p in ids)
-    assert tasks == ["1", "2"]
-    assert remotecall_fetch(lambda: os.environ["JOB_ID"], ids[0]) == job
-    rmprocs(*ids).wait(30)
-    batch.wait_until_gone(f"array job {job} to end after rmprocs")
+    contract.worker_array_joins_an_elastic_master(
+        batch, tmp, ["qsub", "-terse", "-t", "1-2", "-N", batch.name, "-o", f"{tmp}/workers.out",
+                     str(DEPLOY / "workers.sh")], "127.0.0.1", "SGE_TASK_ID", ["1", "2"], "JOB_ID")
 
 
 @pytest.mark.sge

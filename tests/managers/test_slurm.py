@@ -8,7 +8,6 @@ Workers dial 127.0.0.1 only.  The node has 2 CPUs, so no test asks for more than
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import subprocess
@@ -22,7 +21,6 @@ from batch_contract import Batch, leaves_nothing_behind
 from conftest import wait_until
 from infra import require, slurm_running      # tests/ is on sys.path (no tests/__init__.py)
 
-from pydist.managers.base import write_secret
 from pydist.managers.slurm import SlurmManager
 import pydist.cluster
 from pydist import (LaunchError, addprocs, cluster_cookie, default_addprocs_params, myid, pmap, remotecall_fetch,
@@ -164,63 +162,21 @@ def test_slurm_job_ends_within_30_s_when_the_master_exits(slurm, how):
     contract.job_ends_within_30_s_when_the_master_exits(batch, how, tmp)
 
 
-DRIVER = """
-import json, os, sys
-from pydist import addprocs, myid, pmap, remotecall_fetch, rmprocs
-from pydist.managers import SlurmManager
-ids = addprocs(SlurmManager(join_host="127.0.0.1", output_dir=sys.argv[2], poll_interval=0.5))
-result = {"ids": ids, "squares": pmap(lambda x: x * x, range(6)),
-          "jobs": [remotecall_fetch(lambda: os.environ["SLURM_JOB_ID"], p) for p in ids],
-          "peer": remotecall_fetch(lambda p: remotecall_fetch(myid, p), ids[0], ids[-1]),
-          "master_job": os.environ["SLURM_JOB_ID"]}
-rmprocs(*ids).wait(30)
-with open(sys.argv[1], "w") as f:
-    json.dump(result, f)
-"""
-
-
 @pytest.mark.slurm
 def test_slurm_manager_inside_an_allocation_starts_one_worker_per_task(slurm):
     batch, tmp = slurm
-    name = batch.name
-    (tmp / "driver.py").write_text(DRIVER)
-    result = tmp / "result.json"
-    job = subprocess.run(
-        ["sbatch", "--parsable", "--ntasks=2", "--time=5", f"--job-name={name}",
-         f"--output={tmp}/driver-%j.out", str(DEPLOY / "driver.sbatch"), str(tmp / "driver.py"),
-         str(result), str(tmp)],
-        env={**os.environ, "PYDIST_PYTHON": sys.executable}, capture_output=True, text=True,
-        timeout=30, check=True).stdout.strip()
-    batch.wait_until_gone(f"driver job {job} to finish", 60)
-    output = "".join(p.read_text() for p in tmp.glob("driver-*.out"))
-    assert result.exists(), f"the driver wrote no result; its output:\n{output}"
-    got = json.loads(result.read_text())
-    assert got["ids"] == [2, 3] and got["peer"] == 3
-    assert got["squares"] == [0, 1, 4, 9, 16, 25]
-    assert got["jobs"] == [job, job] == [got["master_job"]] * 2
+    contract.manager_inside_a_job_starts_one_worker_per_task(batch, tmp, [
+        "sbatch", "--parsable", "--ntasks=2", "--time=5", f"--job-name={batch.name}",
+        f"--output={tmp}/driver-%j.out", str(DEPLOY / "driver.sbatch")])
 
 
 @pytest.mark.slurm
 def test_worker_array_joins_an_elastic_master(slurm):
-    from pydist.managers.elastic import ElasticManager
     batch, tmp = slurm
-    name = batch.name
-    elastic = ElasticManager(n=2, host="127.0.0.1", port=0, timeout=60)
-    host, port = elastic.address
-    cookie = tmp / "elastic.cookie.txt"
-    write_secret(str(cookie), cluster_cookie())      # mode 0600, as the script asks
-    env = {**os.environ, "PYDIST_HEAD": f"{'127.0.0.1' if host == '0.0.0.0' else host}:{port}",
-           "PYDIST_COOKIE_FILE": str(cookie), "PYDIST_PYTHON": sys.executable}
-    job = subprocess.run(["sbatch", "--parsable", "--array=0-1", "--time=5", f"--job-name={name}",
-                          f"--output={tmp}/workers-%A_%a.out", str(DEPLOY / "workers.sbatch")],
-                         env=env, capture_output=True, text=True, timeout=30, check=True).stdout.strip()
-    ids = addprocs(elastic)
-    assert len(ids) == 2
-    tasks = sorted(remotecall_fetch(lambda: os.environ["SLURM_ARRAY_TASK_ID"], p) for p in ids)
-    assert tasks == ["0", "1"]
-    assert remotecall_fetch(lambda: os.environ["SLURM_ARRAY_JOB_ID"], ids[0]) == job
-    rmprocs(*ids).wait(30)
-    batch.wait_until_gone(f"array job {job} to end after rmprocs")
+    contract.worker_array_joins_an_elastic_master(
+        batch, tmp, ["sbatch", "--parsable", "--array=0-1", "--time=5", f"--job-name={batch.name}",
+                     f"--output={tmp}/workers-%A_%a.out", str(DEPLOY / "workers.sbatch")],
+        "127.0.0.1", "SLURM_ARRAY_TASK_ID", ["0", "1"], "SLURM_ARRAY_JOB_ID")
 
 
 @pytest.mark.slurm

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 
+import batch_contract as contract
 from batch_contract import Batch, leaves_nothing_behind
 from conftest import wait_until
 from infra import (SLURM_MN_CONF, SLURM_MN_GATEWAY, SLURM_MN_NODES, SLURM_MN_PYTHON, SLURM_MN_SHARED,
                    require, slurm_multinode_running)
 
-from pydist import (ProcessExitedException, addprocs, cluster_cookie, myid, remotecall_fetch, rmprocs,
+from pydist import (ProcessExitedException, addprocs, myid, remotecall_fetch, rmprocs,
                     workers)
 from pydist.managers import SlurmManager
-from pydist.managers.base import write_secret
 
 pytestmark = pytest.mark.slurm_multinode
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "slurm"
@@ -89,7 +89,6 @@ DRIVER = """
 import collections, json, os, socket, subprocess, sys
 from pydist import addprocs, myid, pmap, remotecall_fetch, rmprocs
 from pydist.managers import SlurmManager
-from pydist.managers.base import write_secret
 ids = addprocs(SlurmManager(output_dir=sys.argv[2], poll_interval=0.5))
 job = os.environ["SLURM_JOB_ID"]
 steps = subprocess.run(["squeue", "-h", "-s", "-j", job, "-o", "%i"], capture_output=True,
@@ -129,23 +128,12 @@ def test_inside_a_two_node_allocation_one_srun_step_starts_a_worker_per_task(mn)
 
 
 def test_worker_array_joins_an_elastic_master_on_the_login_node(mn):
-    from pydist.managers.elastic import ElasticManager
     batch, shared = mn
-    name = batch.name
-    elastic = ElasticManager(n=2, host=SLURM_MN_GATEWAY, port=0, timeout=60)
-    cookie = shared / "elastic-cookie.txt"
-    write_secret(str(cookie), cluster_cookie())      # mode 0600, as the script asks
-    env = {**os.environ, "PYDIST_HEAD": f"{SLURM_MN_GATEWAY}:{elastic.address[1]}",
-           "PYDIST_COOKIE_FILE": str(cookie), "PYDIST_PYTHON": SLURM_MN_PYTHON}
-    job = subprocess.run(          # deploy/slurm/workers.sbatch as shipped
-        ["sbatch", "--parsable", "--array=0-1", "--time=5", f"--job-name={name}", f"--chdir={shared}",
-         f"--output={shared}/workers-%A_%a.out", str(DEPLOY / "workers.sbatch")],
-        env=env, capture_output=True, text=True, timeout=30, check=True).stdout.strip()
-    ids = addprocs(elastic)
-    assert sorted(remotecall_fetch(lambda: os.environ["SLURM_ARRAY_TASK_ID"], p) for p in ids) == ["0", "1"]
-    assert {remotecall_fetch(socket.gethostname, p) for p in ids} <= set(SLURM_MN_NODES)
-    rmprocs(*ids).wait(30)
-    batch.wait_until_gone(f"array job {job} to end after rmprocs")
+    hosts = contract.worker_array_joins_an_elastic_master(      # deploy/slurm/workers.sbatch as shipped
+        batch, shared, ["sbatch", "--parsable", "--array=0-1", "--time=5", f"--job-name={batch.name}",
+                        f"--chdir={shared}", f"--output={shared}/workers-%A_%a.out", str(DEPLOY / "workers.sbatch")],
+        SLURM_MN_GATEWAY, "SLURM_ARRAY_TASK_ID", ["0", "1"], "SLURM_ARRAY_JOB_ID", python=SLURM_MN_PYTHON)
+    assert set(hosts) <= set(SLURM_MN_NODES)
 
 
 def test_killing_a_node_ends_exactly_its_workers_and_scancel_leaves_nothing_running(mn):
