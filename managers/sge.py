@@ -38,9 +38,10 @@ ENDED_LETTERS, RUNNING_LETTERS = set("Ed"), set("rt")
 class SGEManager(JobManager):
     """Workers as the tasks of a Grid Engine array job, or the slots of the parallel job the
     master runs in (n=None); see the module docstring.  queue, project, walltime (h_rt),
-    resource_spec (qsub -l, e.g. "h_vmem=4G"), job_name: the qsub options.  qsub_args: more,
-    e.g. ["-pe", "smp", "4"].  prologue: shell lines run before each worker.  output_dir: a
-    directory the nodes share (default ~/.pydist/sge).  The rest: see JobManager."""
+    resource_spec (qsub -l, e.g. "h_vmem=4G"), job_name: the qsub options.  qsub_args: more
+    `#$` lines, one option with its values each, e.g. ["-pe smp 4"].  prologue: shell lines
+    run before each worker.  output_dir: a directory the nodes share (default ~/.pydist/sge).
+    The rest: see JobManager."""
 
     job_kind = "Grid Engine job"
     submit_hint = ("fix the option qsub names (queue=..., qsub_args=[...], ...); "
