@@ -11,6 +11,8 @@ PKGS=(
   slurm-wlm munge                 # single-node Slurm (slurmctld, slurmd, client)
   mmdebstrap                      # the registry-free base image
   procps iproute2 ca-certificates # ps/kill, ip, TLS roots for pip
+  chromium chromium-driver        # headless browser the dashboard's tests look with (selenium)
+  fonts-dejavu-core               # ... and a font for its screenshots
 )
 need=()
 for p in "${PKGS[@]}"; do

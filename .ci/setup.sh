@@ -40,7 +40,7 @@ phase() {   # phase NAME COMMAND...: run, time, record
 installed_here() {
   (cd / && "$PY" - "$REPO" <<'PYCHECK'
 import os, sys
-import pydist, pydist.managers, pytest, pytest_timeout, docker, paramiko, testcontainers, kubernetes, numpy, hypothesis
+import pydist, pydist.managers, pytest, pytest_timeout, docker, paramiko, testcontainers, kubernetes, numpy, hypothesis, tornado, selenium
 here = os.path.realpath(os.path.join(sys.argv[1], "pydist"))
 sys.exit(0 if any(os.path.realpath(p) == here for p in pydist.__path__) else 1)
 PYCHECK

@@ -3,7 +3,7 @@
 # broken environment is reported as such and not as failing tests. Each check
 # prints one line, "smoke ok   NAME (secs)" or "smoke FAIL NAME: why".
 # Usage: bash .ci/smoke.sh [NAME...]     (default: all; exit 1 if any failed)
-#   names: python docker worker-image sshd sshhost slurm testcontainers
+#   names: python docker worker-image sshd sshhost slurm testcontainers browser
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 export TESTCONTAINERS_RYUK_DISABLED=true
@@ -57,7 +57,24 @@ with c:
 PY
 }
 
-ALL=(python docker worker-image sshd sshhost slurm testcontainers)
+c_browser() {
+  timeout 90 "$PY" - <<'PY'
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+options = webdriver.ChromeOptions()
+options.binary_location = "/usr/bin/chromium"
+for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
+    options.add_argument(arg)
+driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+try:
+    driver.get("data:text/html,<p id=p>ok</p>")
+    assert driver.find_element("id", "p").text == "ok"
+finally:
+    driver.quit()
+PY
+}
+
+ALL=(python docker worker-image sshd sshhost slurm testcontainers browser)
 declare -A WHAT=(
   [python]="import pydist and the test deps with $PY"
   [docker]="docker engine answers"
@@ -66,6 +83,7 @@ declare -A WHAT=(
   [sshhost]="ssh root@/pydist@ a $SSHHOST_IMAGE container imports pydist"
   [slurm]="srun on partition debug imports pydist"
   [testcontainers]="testcontainers (no Ryuk) runs $WORKER_IMAGE"
+  [browser]="selenium drives headless chromium (the dashboard's tests)"
 )
 for n in "${@:-${ALL[@]}}"; do
   [ -n "${WHAT[$n]:-}" ] || die "unknown smoke check '$n' (have: ${ALL[*]})"

@@ -50,6 +50,8 @@ def parse_args(argv):
                          "the load seen is recorded either way")
     ap.add_argument("--render-md", metavar="JSON",
                     help="print the Markdown tables of a saved run (for docs/performance.md) and exit")
+    # a variant's child run (see peers.VARIANTS): results to --json only, no report
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
@@ -107,10 +109,20 @@ class Runner:
         return left
 
     # -- one peer ---------------------------------------------------------------
+    def _wait_quiet(self, name):
+        from bench.common import wait_quiet
+
+        if self.quiet_wait_s:
+            log(f"{name}: waiting up to {self.quiet_wait_s:.0f} s for the machine to be quiet")
+        return wait_quiet(self.quiet_wait_s)
+
     def run_peer(self, name):
         from bench import cases, peers
-        from bench.common import system_load, wait_quiet
+        from bench.common import system_load
 
+        if name in peers.VARIANTS:
+            self.run_variant(name, peers.VARIANTS[name])
+            return
         try:
             mod = peers.load(name)
         except ImportError as e:
@@ -118,17 +130,18 @@ class Runner:
             self.peers[name] = {"skipped": reason}
             log(f"{name}: skipped, {reason}")
             return
-        self.peers[name] = {"skipped": None, "leftovers": []}
-        if self.quiet_wait_s:
-            log(f"{name}: waiting up to {self.quiet_wait_s:.0f} s for the machine to be quiet")
-        self.peers[name]["load_before"] = wait_quiet(self.quiet_wait_s)
+        wanted = [c for c in self.case_names if c in getattr(mod, "CASES", cases.ALL)]
+        if not wanted:
+            return
+        self.peers[name] = {"skipped": None, "leftovers": [], "cases": wanted}
+        self.peers[name]["load_before"] = self._wait_quiet(name)
         t0 = time.perf_counter()
-        if "startup" in self.case_names:
+        if "startup" in wanted:
             self._standalone(mod, name, "startup")
-        session = [c for c in self.case_names if c in cases.SESSION]
+        session = [c for c in wanted if c in cases.SESSION]
         if session:
             self._session(mod, name, session)
-        if "scale" in self.case_names:
+        if "scale" in wanted:
             from bench.cases import scale
 
             if name in scale.PEERS:
@@ -196,6 +209,38 @@ class Runner:
                 log("!!! " + msg)
         self.peers[name]["leftovers"] += self._cleanup(mod, tracker, name)
 
+    def run_variant(self, name, variant):
+        """Run ``variant.peer`` in a child run with the variant's environment (bench/variant.py)
+        and file its results under ``name``."""
+        from bench.variant import run_child
+
+        wanted = [c for c in self.case_names if c in variant.cases]
+        if not wanted:
+            return
+        entry = self.peers[name] = {"skipped": None, "leftovers": [], "cases": wanted,
+                                    "variant_of": variant.peer, "env": variant.env,
+                                    "description": variant.description}
+        entry["load_before"] = self._wait_quiet(name)
+        log(f"{name}: {variant.peer} with {variant.env} in a child run for {', '.join(wanted)}")
+        doc, status, why = run_child(REPO, variant, wanted, self.cfg)
+        if doc is None:
+            for case in wanted:
+                self.results[case][name] = {"error": why, "traceback": ""}
+            self.problems.append(f"{name}: {why}")
+            self.failed = True
+            return
+        mine = doc["peers"].get(variant.peer, {})
+        entry.update({k: mine[k] for k in ("skipped", "leftovers", "persistent_helpers",
+                                           "load_after", "wall_s") if k in mine})
+        for case in wanted:
+            if variant.peer in doc["results"].get(case, {}):
+                self.results[case][name] = doc["results"][case][variant.peer]
+        self.problems += [f"{name} (child run): {p}" for p in doc["problems"]]
+        if status != 0:
+            self.failed = True
+            if not doc["problems"]:
+                self.problems.append(f"{name}: the child run exited with status {status}")
+
     def run(self, after_each_peer=None):
         for name in self.peer_names:
             self.run_peer(name)
@@ -238,7 +283,10 @@ def main(argv=None) -> int:
         doc = {"meta": meta, "peers": runner.peers, "results": runner.results,
                "problems": runner.problems}
         doc["targets"] = report.targets(doc)
-        for p in {os.path.abspath(path), os.path.join(RESULTS, "latest.json")}:
+        paths = {os.path.abspath(path)}
+        if not args.child:
+            paths.add(os.path.join(RESULTS, "latest.json"))
+        for p in paths:
             os.makedirs(os.path.dirname(p), exist_ok=True)
             with open(p + ".tmp", "w") as f:
                 json.dump(doc, f, indent=1, default=str)
@@ -251,6 +299,8 @@ def main(argv=None) -> int:
         completed = True
     finally:
         doc = save(final=completed)
+    if args.child:
+        return 1 if runner.failed else 0
     print(report.render(doc))
     print(f"results: {path}  (wall {meta['wall_s']:.0f} s)")
     if runner.failed:

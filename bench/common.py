@@ -48,6 +48,21 @@ def p99(xs):
     return s[max(0, math.ceil(0.99 * len(s)) - 1)]
 
 
+def repeat_timed(step, warmup: int, min_reps: int, min_s: float, max_reps: int) -> list:
+    """Run ``step()`` ``warmup`` times, then at least ``min_reps`` times and until ``min_s``
+    seconds were measured (at most ``max_reps``): a fast operation gets enough runs for a
+    stable median, a slow one no more than it needs.  ``step`` returns the tuple of seconds
+    it measured; the list of the measured runs' tuples is returned."""
+    for _ in range(warmup):
+        step()
+    runs, spent = [], 0.0
+    while len(runs) < min_reps or (spent < min_s and len(runs) < max_reps):
+        times = step()
+        runs.append(times)
+        spent += sum(times)
+    return runs
+
+
 def check(cond: bool, what: str) -> None:
     """Raise BenchError(what) unless cond: every result is checked, none assumed."""
     if not cond:
@@ -176,6 +191,49 @@ class ProcessTracker:
         return desc
 
 
+def _wakeups(pid: int) -> int:
+    """Voluntary context switches of every thread of ``pid`` (each is a sleep that ended in
+    a wake-up); /proc/PID/status alone counts only the main thread."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches"):
+                        total += int(line.split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # the thread ended meanwhile (its switches are lost: an undercount)
+    return total
+
+
+def cpu_snapshot() -> dict:
+    """{pid: (CPU seconds, wake-ups)} of this process and every descendant (the peer's
+    workers, schedulers and daemons), for ``cpu_per_unit``.  Taken outside timed regions."""
+    me = psutil.Process()
+    snap = {}
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            snap[p.pid] = (t.user + t.system, _wakeups(p.pid))
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied, OSError):
+            pass  # exited meanwhile
+    return snap
+
+
+def cpu_per_unit(before: dict, after: dict, units: int) -> dict:
+    """Where the time of ``units`` tasks (or calls) went: CPU µs of the master and of all
+    the peer's other processes, and wake-ups of all of them, per unit.  A process that
+    started in between counts from its start; one that exited in between is missed."""
+    me = os.getpid()
+    d = {pid: (cpu - before.get(pid, (0.0, 0))[0], wk - before.get(pid, (0.0, 0))[1])
+         for pid, (cpu, wk) in after.items()}
+    return {
+        "master_cpu_us": d.get(me, (0.0, 0))[0] / units * 1e6,
+        "others_cpu_us": sum(c for pid, (c, _) in d.items() if pid != me) / units * 1e6,
+        "wakeups": sum(w for _, w in d.values()) / units,
+    }
+
+
 def system_load() -> dict:
     """How busy the machine is besides us: load averages and a 0.5 s CPU sample."""
     return {"loadavg": [round(x, 2) for x in os.getloadavg()],
@@ -280,6 +338,7 @@ def machine_info(repo: str) -> dict:
         "memory_gb": round(psutil.virtual_memory().total / GB, 1),
         "versions": versions,
         "git_head": git_head(repo),
-        "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-                if os.environ.get(k) is not None},
+        # settings that change what is measured: pydist's tuning knobs (shared memory, spin)
+        "env": {k: os.environ[k] for k in sorted(os.environ)
+                if k.startswith(("PYDIST_SHM", "PYDIST_SPIN", "PYDIST_FORK", "OPENBLAS_"))},
     }

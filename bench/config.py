@@ -19,10 +19,17 @@ class Config:
     # always made; the number of runs is in the results): 20,000 unbatched tasks
     # take minutes on some peers and the median of 3 would add nothing but time
     throughput_budget_s: float = 60.0
-    # bigdata: a float64 array of this many bytes each way
-    bigdata_bytes: int = 100_000_000
+    # bigdata: float64 arrays of these many bytes each way (from below pydist's 1 MiB
+    # shared-memory threshold to 100 MB, so the table shows where shared memory starts to pay);
+    # per size, after the warm-ups: at least bigdata_reps runs, more until bigdata_min_s is
+    # spent (small sizes need many runs for a stable median), at most bigdata_max_reps
+    bigdata_sizes: tuple = (100_000, 1_000_000, 2_000_000, 10_000_000, 100_000_000)
     bigdata_warmup: int = 2
     bigdata_reps: int = 5
+    bigdata_min_s: float = 0.5
+    bigdata_max_reps: int = 200
+    # w2w: worker 0 sends an array of these many bytes to worker 1 (same repetition rule)
+    w2w_sizes: tuple = (1_000_000, 100_000_000)
     # startup: from nothing to n workers ready, then teardown
     startup_reps: int = 5
     # fanout: this many concurrent calls over the workers, submit all then wait all
@@ -52,7 +59,8 @@ def quick() -> Config:
     return Config(
         latency_warmup=20, latency_calls=200,
         throughput_tasks=500, throughput_warmup_tasks=50, throughput_reps=1,
-        bigdata_bytes=10_000_000, bigdata_warmup=1, bigdata_reps=2,
+        bigdata_sizes=(1_000_000, 10_000_000), bigdata_warmup=1, bigdata_reps=2,
+        bigdata_min_s=0.0, w2w_sizes=(1_000_000, 10_000_000),
         startup_reps=1,
         fanout_warmup=1, fanout_reps=2,
         scale_reps=1, scale_idle_settle_s=0.3,

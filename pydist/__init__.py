@@ -40,6 +40,8 @@ from .process import (cluster_cookie, myid, nprocs, nworkers, procs, worker_id_f
 from .refs import (RRID, Future, RemoteChannel, channel_from_id, fetch, isready, put,
                    remoteref_id, take, wait)
 from .worker import init_worker, process_messages, start_worker
+from . import status  # noqa: F401  (its addprocs hook: every master answers `pydist status`)
+from .web import dashboard, performance_report
 
 __version__ = "0.1.0"
 
@@ -54,5 +56,5 @@ __all__ = [
     "InvalidStateError",
     "cluster_cookie", "worker_id_from_socket", "Executor",
     "ClusterManager", "WorkerConfig", "init_worker", "start_worker", "process_messages",
-    "default_addprocs_params",
+    "default_addprocs_params", "dashboard", "performance_report",
 ]

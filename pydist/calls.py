@@ -25,12 +25,13 @@ import threading
 from concurrent.futures import CancelledError
 from typing import Any, Callable
 
+from . import timings
 from .errors import CapturedException, remote_exception
 from .messages import NO_RRID, Kind, Mode
 from .process import STATE, internal, myid, result, send_call, workers
 from .refs import RRID, Future, _Failed, _lookup, _refs, expect_push, fetch, store_outcome
 from .serialize import dumps, dumps_small, loads
-from .transport import release_reading
+from .threads import release_reading
 
 log = logging.getLogger("pydist")
 
@@ -123,12 +124,14 @@ def _on_call(link, mode, rrid, msg_id, body, buffers) -> bool:
             return _on_lane_call(link, (link.peer, rrid[1]), msg_id, body, buffers)
     elif mode == Mode.FUTURE or mode == Mode.WAIT:
         _lookup(RRID(*rrid))            # counted now, before a later DEL_CLIENTS on this link
-    return link.run_inline(_serve_call, link, mode, rrid, msg_id, body, buffers)
+    return link.run_inline(_serve_call, link, mode, rrid, msg_id, body, buffers, timings.now())
 
 
-def _serve_call(link, mode, rrid, msg_id, body, buffers) -> None:
+def _serve_call(link, mode, rrid, msg_id, body, buffers, queued=None) -> None:
+    """Run one call and answer it. `queued`: when its frame was read (default: now)."""
     me = myid()
-    ok, value, failure = False, None, None
+    ok, value, failure, name = False, None, None, None
+    received, queued = timings.size(body, buffers), queued or timings.now()
     target = None
     if mode == Mode.FUTURE or mode == Mode.WAIT:
         target = _refs.get(RRID(*rrid))
@@ -145,24 +148,32 @@ def _serve_call(link, mode, rrid, msg_id, body, buffers) -> None:
                                                   f"be unpickled on process {me}"))
     else:
         del body, buffers
+        name, start = timings.call_name(func, args), timings.now()
         try:
             value, ok = _run_user(func, args, kwargs), True
         except SystemExit as err:
             _exit_process(err.code)
         except BaseException as err:
             failure = remote_exception(me, err)
+        end = timings.now()
         del func, args, kwargs
+    frame = None                        # the answer: (kind, body, buffers, msg_id, rrid)
     if mode == Mode.FETCH:
-        _answer(link, msg_id, value, failure)
+        frame = _answer_frame(link, value, failure, msg_id)
     elif mode == Mode.FUTURE or mode == Mode.WAIT:
         outcome = value if ok else _Failed(failure)
         stored = store_outcome(RRID(*rrid), outcome)
         if mode == Mode.WAIT:
-            _answer(link, msg_id, None, failure if stored else None)
+            frame = _answer_frame(link, None, failure if stored else None, msg_id)
         elif stored:
-            _push(link, rrid, outcome)
+            frame = _push_frame(link, rrid, outcome)
     elif not ok:
         _print_failure(failure)
+    if name is not None:                # before answering: the caller's next call sees it
+        timings.record(name, queued, start, end, received,
+                       timings.size(frame[1], frame[2]) if frame else 0, failure)
+    if frame is not None:
+        _send_quietly(link, *frame)
 
 
 # -- lanes: a caller's calls that run one at a time ------------------------------------------
@@ -265,14 +276,15 @@ def _forget_lanes(pid: int) -> None:
 PUSH_LIMIT = 1 << 16
 
 
-def _push(link, rrid, outcome) -> None:
+def _push_frame(link, rrid, outcome) -> tuple | None:
+    """The PUSH frame that sends a small outcome to the caller at once; None if it is big."""
     body = dumps_small(outcome, link.peer, PUSH_LIMIT)
-    if body is not None:
-        _send_quietly(link, Kind.PUSH, body, (), 0, rrid)
+    return None if body is None else (Kind.PUSH, body, (), 0, rrid)
 
 
-def _answer(link, msg_id: int, value, failure) -> None:
-    """Send RESULT(value), or ERROR(failure) when the call failed or value cannot be pickled."""
+def _answer_frame(link, value, failure, msg_id: int) -> tuple:
+    """The RESULT(value) frame, or ERROR(failure) when the call failed or value cannot be
+    pickled."""
     if failure is None:
         try:
             body, buffers = dumps(value, dest=link.peer)
@@ -280,14 +292,18 @@ def _answer(link, msg_id: int, value, failure) -> None:
             failure = remote_exception(myid(), _described(
                 err, f"the result of type {type(value).__name__} could not be pickled"))
         else:
-            _send_quietly(link, Kind.RESULT, body, buffers, msg_id)
-            return
+            return Kind.RESULT, body, buffers, msg_id, NO_RRID
     try:
         body = dumps(failure, dest=link.peer)[0]
     except BaseException:
         body = dumps(remote_exception(myid(), CapturedException(
             type(failure.captured).__name__, str(failure.captured), failure.traceback_text)))[0]
-    _send_quietly(link, Kind.ERROR, body, (), msg_id)
+    return Kind.ERROR, body, (), msg_id, NO_RRID
+
+
+def _answer(link, msg_id: int, value, failure) -> None:
+    """Send RESULT(value), or ERROR(failure) when the call failed or value cannot be pickled."""
+    _send_quietly(link, *_answer_frame(link, value, failure, msg_id))
 
 
 def _send_quietly(link, kind, body, buffers, msg_id, rrid=NO_RRID) -> None:

@@ -4,7 +4,7 @@ It is the default store behind a RemoteChannel, and the one-slot store in which 
 of a Future keeps its value.  All waits end on `close()`.  Waits without a timeout wake up
 every WAKE_SECONDS, so that `interrupt` (an exception raised in the waiting thread, which
 Python delivers only while the thread runs) reaches a call blocked in take, put or fetch.
-A call about to wait first lets another thread read its link (transport.release_reading).
+A call about to wait first lets another thread read its link (threads.release_reading).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from typing import Any, Iterator
 
 from .errors import InvalidStateError
-from .transport import release_reading
+from .threads import release_reading
 
 WAKE_SECONDS = 0.2
 

@@ -22,6 +22,7 @@ does not restart forever.
 from __future__ import annotations
 
 import atexit
+import collections
 import enum
 import itertools
 import logging
@@ -54,7 +55,7 @@ log = logging.getLogger("pydist")
 # Keywords addprocs accepts for every manager besides default_addprocs_params(); a manager
 # declares its own (LocalManager's restrict, SSHManager's tunnel, ...) in its `params`.
 _MANAGER_KEYWORDS = {"worker_timeout": None, "tls": None, "heartbeat_timeout": None, "restart": False,
-                     "memory_limit": None}
+                     "memory_limit": None, "dashboard": False}
 
 # restart=True replaces at most this many workers of one addprocs call: enough for a long
 # run's occasional crashes, while a worker that dies at every start gives up soon.
@@ -93,6 +94,8 @@ _added_hooks: list = []                 # fn(pids) after workers joined (default
 _exiting = False                        # the master is shutting down: nothing restarts
 _print_lock = threading.Lock()          # one relayed line at a time on stdout
 relay_write = None                      # replaced while a progress bar is shown (pmap)
+# The last lines relayed, (time, pid, line), for the dashboard; deque.append is atomic.
+recent_output: collections.deque = collections.deque(maxlen=500)
 
 
 # -- output relay ------------------------------------------------------------------------------
@@ -148,6 +151,7 @@ class _OutputRelay:
 def relay_output(pid: int | None, line: str) -> None:
     """Print one line of worker `pid`'s output on the master's stdout, prefixed
     `From worker N:` (for managers that read worker output themselves)."""
+    recent_output.append((time.time(), pid, line))
     text = f"      From worker {pid if pid is not None else '?'}:\t{line}"
     writer = relay_write
     with _print_lock:
@@ -172,6 +176,7 @@ def addprocs(spec: Any = None, **kwargs) -> list[int]:
     `addprocs(n)` starts n local workers, `addprocs(["host", "user@host:22", ("host", 4)])`
     SSH workers, `addprocs(manager)` whatever that ClusterManager launches.  Keywords are
     those of default_addprocs_params() plus the manager's own; others raise TypeError.
+    `dashboard=True` (or a port) also serves the web dashboard (pydist.web.dashboard).
     Raises LaunchError when some workers could not start (`.added` lists those that did)."""
     if myid() != 1:
         raise RuntimeError(f"addprocs can only be called on process 1, not on process {myid()}")
@@ -193,6 +198,10 @@ def _add(manager: ClusterManager, params: dict, group: _RestartGroup | None) -> 
         _sync_members()
         for hook in _added_hooks:
             hook(added)
+    port = params["dashboard"]                   # True, or a port (0: any free one)
+    if port is not False and port is not None:
+        from .web import dashboard
+        dashboard(port=None if port is True else port)
     if failures:
         raise LaunchError(failures, added)
     return added

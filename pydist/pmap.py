@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable
 
-from . import cluster
+from . import cluster, timings
 from .errors import ProcessExitedException, RemoteException, remote_exception
 from .messages import Mode
 from .pools import AbstractWorkerPool, default_worker_pool
@@ -59,6 +59,7 @@ AUTO_BATCHES_PER_WORKER = 4
 CANCEL_SECONDS = 1.0
 
 
+@timings.wraps_first_argument          # timings name a batch after func
 def _run_batch(func: Callable, on_error: Callable | None, columns: tuple) -> tuple[list, dict | None]:
     """Run on the worker: func over a batch given as one sequence per argument (so a batch
     pickles as plain lists or a range, not as a tuple per element). Returns the values and
@@ -122,6 +123,9 @@ class _Done:
             self.value, self.error = call(), None
         except BaseException as err:
             self.value, self.error = None, err
+
+
+active_runs: set = set()        # the pmaps running now (_Run), for the dashboard; set.add is atomic
 
 
 class _Run:
@@ -468,10 +472,12 @@ def pmap(func: Callable, *iterables: Iterable, pool: AbstractWorkerPool | None =
     if progress:
         from tqdm.auto import tqdm
         cluster.relay_write = tqdm.write      # worker lines print above the bar, not through it
+    active_runs.add(run)                  # the dashboard shows their progress
     try:
         return run.run(width)
     finally:
         cluster.relay_write = previous
+        active_runs.discard(run)
 
 
 def _columns(iterables: tuple) -> tuple:

@@ -8,9 +8,9 @@ Every process (master and workers) has one `STATE`.  It owns:
   links (Julia does the same);
 * the membership table (`members`: id -> WorkerInfo), which the master keeps current on
   every worker, so `workers()` and friends agree everywhere;
-* the runner, which gives a link's reading a new thread when the call running on its reader
-  waits or runs long (idle threads are reused), so a call blocked in `take()` never stops
-  another call or the reading of its link;
+* the runner (threads.py), whose threads take over a link's reading when the call running
+  on its reader waits or runs long, so a call blocked in `take()` never stops another call
+  or the reading of its link;
 * the heartbeat thread (`pydist-heartbeat`), which pings quiet links and closes links whose
   peer stopped answering, so nothing waits forever on a frozen or cut-off process.
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import queue
 import secrets
 import socket
 import ssl
@@ -31,7 +30,7 @@ import sys
 import threading
 import time
 
-from . import settings, shm, transport
+from . import settings, shm, threads, transport
 from .errors import CapturedException, ProcessExitedException, RemoteException
 from .messages import NO_RRID, Kind, Mode
 from .serialize import dumps, loads
@@ -56,94 +55,6 @@ class TopologyError(ConnectionError):
     """The cluster's topology does not connect these two processes."""
 
 
-class _Runner:
-    """Runs submitted functions (incoming calls, link readers) on threads, reusing idle ones.
-
-    Up to SOFT_LIMIT threads start as soon as work has no idle thread.  Past that, work waits
-    in a backlog, and the thread `pydist-runner-watch` starts one more thread each
-    STARVATION_CHECK seconds in which no work finished: calls blocked for good (a take on an
-    empty channel, a call back into its caller) still never keep another call from running,
-    while a burst of calls does not start a thread per call. Quick calls need no thread at
-    all (they run on the link's reader); a thread is taken when a call waits or runs long."""
-
-    IDLE_SECONDS = 30.0      # an idle thread lingers this long for the next call
-    SOFT_LIMIT = 128         # threads started at once; more only when work is starved
-    STARVATION_CHECK = 0.01  # short: a starved call waits this long per extra thread
-
-    def __init__(self):
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._lock = threading.Condition()   # guards _idle, _alive, _backlog, _done, _started
-        self._idle = 0         # threads waiting for work that nobody has claimed
-        self._alive = 0        # threads running or waiting
-        self._backlog = 0      # queued work no thread is claimed for yet
-        self._done = 0         # work finished so far (progress, for the watch)
-        self._started = 0
-        self._watch: threading.Thread | None = None
-
-    def submit(self, fn, *args) -> None:
-        spawn = False
-        with self._lock:
-            if self._idle:
-                self._idle -= 1
-            elif self._alive < self.SOFT_LIMIT:
-                spawn = True
-                self._alive += 1
-            else:
-                self._backlog += 1
-                if self._backlog == 1:
-                    self._lock.notify()         # wake the watch: a backlog began
-                if self._watch is None:
-                    self._watch = threading.Thread(target=self._watch_backlog, daemon=True,
-                                                   name="pydist-runner-watch")
-                    self._watch.start()
-        self._queue.put((fn, args))
-        if spawn:
-            self._spawn()
-
-    def _spawn(self) -> None:
-        with self._lock:
-            self._started += 1
-            number = self._started
-        threading.Thread(target=self._loop, name=f"pydist-call-{number}", daemon=True).start()
-
-    def _loop(self) -> None:
-        while True:
-            try:
-                fn, args = self._queue.get(timeout=self.IDLE_SECONDS)
-            except queue.Empty:
-                with self._lock:
-                    if self._idle > 0:          # nobody claimed this thread: retire it
-                        self._idle -= 1
-                        self._alive -= 1
-                        return
-                continue                        # claimed just now: its work is on the way
-            try:
-                fn(*args)
-            except BaseException:               # a stray interrupt must not kill the thread
-                log.exception("pydist: a call handler failed")
-            with self._lock:
-                self._done += 1
-                if self._backlog:
-                    self._backlog -= 1          # take waiting work: stay claimed
-                else:
-                    self._idle += 1
-
-    def _watch_backlog(self) -> None:
-        with self._lock:
-            while True:
-                self._lock.wait_for(lambda: self._backlog > 0)
-                done = self._done
-                progressed = self._lock.wait_for(lambda: self._done != done, self.STARVATION_CHECK)
-                if self._backlog and not progressed:         # nothing finished: starved
-                    self._backlog -= 1
-                    self._alive += 1
-                    self._lock.release()
-                    try:
-                        self._spawn()
-                    finally:
-                        self._lock.acquire()
-
-
 class _State:
     def __init__(self):
         self.myid = 1
@@ -164,13 +75,12 @@ class _State:
         self.joined = threading.Event()               # worker: the master has sent JOIN
         self.handlers: dict[Kind, object] = {}        # set by refs.py and calls.py
         self.exit_hooks: list = []                    # fn(pid), run once per exited peer
-        self.runner = _Runner()
+        self.runner = threads.runner
         self.tls = None                               # tls.TLSConfig: wrap every link in TLS
         self._heartbeat: threading.Thread | None = None
 
 
 STATE = _State()
-transport.run_elsewhere = STATE.runner.submit
 
 
 def internal(func):

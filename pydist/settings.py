@@ -19,6 +19,11 @@ def _int(name: str, default: int) -> int:
     return int(value) if value else default
 
 
+def _flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    return value not in ("0", "false", "no") if value else default
+
+
 # A worker that has not printed its address, or a joining worker that has not been
 # accepted, within this many seconds counts as failed (Julia: JULIA_WORKER_TIMEOUT).
 WORKER_TIMEOUT = _float("PYDIST_WORKER_TIMEOUT", 60.0)
@@ -59,12 +64,21 @@ SPIN_SECONDS = _float("PYDIST_SPIN_US", 100.0) / 1e6
 # LocalManager forks workers from a warm fork server (pydist/worker/forkserver.py) instead of
 # starting an interpreter per worker: 32 workers start in a fraction of the time. 0 turns it
 # off (each worker is then its own `python -m pydist.worker`).
-FORK_SERVER = os.environ.get("PYDIST_FORK_SERVER", "1") not in ("0", "false", "no")
+FORK_SERVER = _flag("PYDIST_FORK_SERVER", True)
 
 # Out-of-band buffers of at least SHM_BYTES go through shared memory between processes on one
 # host (pydist/shm.py): one copy instead of two, and no socket wake-ups. Below it a socket is
 # cheaper than creating and mapping a file (the crossover measured by bench/ is in
 # docs/performance.md). PYDIST_SHM=0 turns it off; SHM_DIR is the file system used (tmpfs).
-SHM = os.environ.get("PYDIST_SHM", "1") not in ("0", "false", "no")
-SHM_BYTES = _int("PYDIST_SHM_BYTES", 1 << 20)
+SHM = _flag("PYDIST_SHM", True)
+SHM_BYTES = _int("PYDIST_SHM_BYTES", 512 << 10)
 SHM_DIR = os.environ.get("PYDIST_SHM_DIR", "/dev/shm")
+
+# Every master answers `pydist status` on a 0600 Unix socket in ~/.pydist from its first
+# addprocs (pydist.status). 0 turns that off (serve_status() still works when called).
+STATUS = _flag("PYDIST_STATUS", True)
+
+# Each process keeps the timings of its last TIMINGS_KEPT calls (pydist.timings) for the
+# dashboard and performance_report: ~150 bytes each. More keeps a longer history between
+# two looks; 0 records nothing.
+TIMINGS_KEPT = _int("PYDIST_TIMINGS_KEPT", 8192)

@@ -4,8 +4,8 @@ is handshake.py, before a Link exists; everything after it is frames, see messag
 Threads: each `Link` has one reading thread at a time (first `pydist-reader-<pid>`,
 started by its owner), which reads frames, resolves replies and hands other frames to the
 owner's callback. An incoming call runs on the reading thread itself (`run_inline`), which
-reads on when the call returns; a call that waits, or runs longer than INLINE_SECONDS, hands
-reading to another thread first. Any thread may send; `_send_lock` keeps frames whole.
+reads on when the call returns; when the call waits or runs long, reading moves to another
+thread first (the policy is threads.py's). Any thread may send; `_send_lock` keeps frames whole.
 
 Latency: a thread blocked in recv on an idle CPU takes ~25 µs to wake on these machines, more
 than a whole round trip costs otherwise. So in a lock-step exchange (one synchronous call at
@@ -29,6 +29,7 @@ import time
 from . import settings
 from .errors import ProcessExitedException
 from .shm import HANDLE_FLAG
+from .threads import InlineCall, inline_call, release_reading, runner
 from .messages import HEADER, LOCKSTEP, NO_RRID, Kind
 
 log = logging.getLogger("pydist")
@@ -39,7 +40,6 @@ _unpack_header = HEADER.unpack_from
 _monotonic = time.monotonic
 _SMALL_FRAME = 1 << 16       # frames up to this size are joined and sent with one syscall
 WAKE_SECONDS = 0.2           # a waiter wakes this often so interrupt() can reach it
-INLINE_SECONDS = 0.001       # a call may keep its link's reader this long; then reading moves
 BURST_SECONDS = 50e-6        # frames sent SOON this close together go out through a writer thread
 _OUTBOX_LIMIT = 4096         # queued frames past which a sender writes (and waits) itself
 SOON = "soon"                # Link.send(flush=SOON): see Link._write_soon
@@ -136,96 +136,6 @@ class CallbackReply(Reply):
         if not self.done():
             raise RuntimeError("a CallbackReply is read in its on_done function, once answered")
         return True
-
-
-def _new_thread(fn) -> None:
-    threading.Thread(target=fn, daemon=True).start()
-
-
-# How a reader hands its role to another thread; process.py plugs in its thread runner.
-run_elsewhere = _new_thread
-
-_inline = threading.local()      # .call: the _InlineCall this thread runs on a link's reader
-
-
-class _InlineCall:
-    """A call running on the thread that read it; `hand_off` moves the link's reading to
-    another thread (once), after which that thread reads and this one only finishes the call."""
-
-    __slots__ = ("link", "started", "moved", "done")
-
-    def __init__(self, link: "Link"):
-        self.link = link
-        self.started = _monotonic()
-        self.moved = self.done = False
-
-    def hand_off(self) -> None:
-        link = self.link
-        with link._role_lock:
-            if self.moved or self.done:
-                return
-            self.moved = True
-        link._answering_lockstep = False    # the next reader must not poll while this call runs
-        run_elsewhere(link._read_loop)
-
-
-def release_reading() -> None:
-    """This thread is about to wait: if it runs a call on a link's reader, let another thread
-    read that link first (the awaited answer may come over it)."""
-    call = getattr(_inline, "call", None)
-    if call is not None:
-        _inline.call = None
-        call.hand_off()
-
-
-class _InlineWatch:
-    """Hands off the reading of links whose inline call has run for INLINE_SECONDS (a long
-    computation, a wait outside pydist). Its thread ticks only while calls run inline."""
-
-    def __init__(self):
-        self._calls: dict[_InlineCall, None] = {}
-        self._started = 0            # inline calls begun so far: activity since the last tick
-        self._parked = True
-        self._wake = threading.Event()
-        self._tick = threading.Event()   # never set: a sleep that a patched time.sleep cannot touch
-        self._thread: threading.Thread | None = None
-
-    def add(self, call: _InlineCall) -> None:
-        self._calls[call] = None
-        self._started += 1
-        if self._parked:
-            self._parked = False
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="pydist-inline-watch",
-                                                daemon=True)
-                self._thread.start()
-            self._wake.set()
-
-    def remove(self, call: _InlineCall) -> None:
-        self._calls.pop(call, None)
-
-    def _loop(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            while True:
-                seen = self._started
-                self._tick.wait(INLINE_SECONDS)
-                now = _monotonic()
-                for call in list(self._calls):
-                    if now - call.started >= INLINE_SECONDS:
-                        self._calls.pop(call, None)
-                        call.hand_off()
-                if self._calls or self._started != seen:
-                    continue
-                self._parked = True          # add() sees this, or we see its call below
-                if self._calls or self._started != seen:
-                    self._parked = False
-                    continue
-                break
-
-
-_watch = _InlineWatch()
 
 
 class Link:
@@ -329,7 +239,7 @@ class Link:
             if self._writer_busy:
                 return
             self._writer_busy = True
-        run_elsewhere(self._write_queued)
+        runner.submit(self._write_queued)
 
     def _write_queued(self) -> None:
         while True:
@@ -374,9 +284,9 @@ class Link:
         """Send what a call produced (its result, error or pushed value). From a call running
         inline while the next frame already waits in the buffer, a small answer is held back
         and goes out in one write with the answers to those frames: the reader flushes before
-        it waits for input, and a hand-off (`_InlineCall`) leaves it to the next reader."""
-        call = getattr(_inline, "call", None)
-        if call is not None and call.link is self and not buffers and self._frame_buffered():
+        it waits for input, and a hand-off (threads.InlineCall) leaves it to the next reader."""
+        call = inline_call()
+        if call is not None and call.role_lock is self._role_lock and not buffers and self._frame_buffered():
             with self._role_lock:
                 if not call.moved:
                     self.send(kind, body, msg_id=msg_id, rrid=rrid, flush=False)
@@ -558,21 +468,22 @@ class Link:
     def run_inline(self, fn, *args) -> bool:
         """Run fn(*args) on this reading thread, which reads on afterwards: a quick call
         costs no thread switch. Returns True if reading moved to another thread meanwhile
-        (the call waited in pydist, or ran past INLINE_SECONDS); this thread must then stop
+        (the call waited in pydist, or ran long: threads.py); this thread must then stop
         reading. Exceptions from fn are logged, not raised."""
-        call = _InlineCall(self)
-        _inline.call = call
-        _watch.add(call)
+        call = InlineCall(self._role_lock, self._read_elsewhere)
+        call.begin()
         try:
             fn(*args)
         except BaseException:
             log.exception("pydist: a call on the link to process %s failed", self.peer)
         finally:
-            _inline.call = None
-            _watch.remove(call)
-            with self._role_lock:
-                call.done = True
-        return call.moved
+            moved = call.end()
+        return moved
+
+    def _read_elsewhere(self) -> None:
+        """A call running on this link's reader waits or runs long: another thread reads."""
+        self._answering_lockstep = False    # the next reader must not poll while this call runs
+        runner.submit(self._read_loop)
 
     def _read_loop(self) -> None:
         reason = "closed"

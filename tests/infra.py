@@ -55,6 +55,22 @@ SSHHOST_IMAGE = "pydist-sshhost:test"    #: sshd on 22; pydist in /opt/pydist (o
 #: containers labelled with it, ``pydist.cluster`` or ``org.testcontainers``.
 CI_LABEL = "pydist.ci"
 
+# --- Browser (the dashboard's tests) ---------------------------------------
+CHROMIUM = Path("/usr/bin/chromium")            #: Debian package chromium
+CHROMEDRIVER = Path("/usr/bin/chromedriver")    #: Debian package chromium-driver
+#: Where tests leave what a person may want to look at (screenshots).
+ARTIFACTS = Path(os.environ.get("PYDIST_ARTIFACTS", CI_WORK / "artifacts"))
+
+
+def browser_available() -> bool:
+    """Headless Chromium and its driver are installed (.ci/packages.sh), and selenium."""
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return False
+    return CHROMIUM.exists() and CHROMEDRIVER.exists()
+
+
 # --- Slurm ---------------------------------------------------------------
 SLURM_PARTITION = "debug"
 SLURM_NODE = "localhost"                 #: NodeAddr 127.0.0.1: workers listen there

@@ -1,11 +1,8 @@
-"""The `pydist` command: run a script with workers, machine files, joining workers, status."""
+"""The `pydist` command: run a script with workers, machine files, joining workers."""
 
 from __future__ import annotations
 
-import json
 import os
-import socket
-import stat
 import subprocess
 import sys
 import textwrap
@@ -13,9 +10,8 @@ from importlib.metadata import entry_points
 
 import pytest
 
-from pydist import RemoteChannel, addprocs, cluster_cookie, remotecall, remotecall_fetch, rmprocs
-from pydist.cli import (cluster_status, main, parse_machine_file, parse_machine_line, serve_status,
-                        stop_status)
+from pydist import addprocs, cluster_cookie, remotecall_fetch, rmprocs
+from pydist.cli import main, parse_machine_file, parse_machine_line
 
 TIMEOUT = 120
 
@@ -179,85 +175,6 @@ def test_worker_subcommand_joins_a_master(no_workers, tmp_path):
         if worker.poll() is None:
             worker.kill()
             worker.wait(10)
-
-
-# -- status --------------------------------------------------------------------------------------
-def test_cluster_status_has_a_row_per_process_with_running_calls(cluster):
-    gate = RemoteChannel()
-    blocked = remotecall(lambda g: g.take(), cluster[0], gate)
-    try:
-        rows = {row["id"]: row for row in cluster_status()}
-        assert sorted(rows) == [1, *cluster]
-        for pid in cluster:
-            row = rows[pid]
-            assert row["ospid"] == remotecall_fetch(os.getpid, pid)
-            assert row["host"] == socket.gethostname()
-            assert row["rss"] > 1 << 20 and row["uptime"] >= 0 and row["error"] is None
-        assert rows[cluster[0]]["calls"] == 1 and rows[cluster[1]]["calls"] == 0
-        assert rows[1]["ospid"] == os.getpid()
-    finally:
-        gate.put("go")
-        blocked.wait()
-
-
-@pytest.fixture
-def served(tmp_path):
-    folder = tmp_path / "status"
-    path = serve_status(folder)
-    yield folder, path
-    stop_status()
-
-
-def test_status_socket_is_private_to_the_user(cluster, served):
-    folder, path = served
-    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-
-
-def test_status_command_shows_the_workers_of_a_running_master(cluster, served):
-    folder, _ = served
-    done = pydist("status", "--dir", folder)
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
-    assert "2 worker(s)" in lines[0]
-    assert lines[1].split() == ["id", "host", "ospid", "uptime", "calls", "rss"]
-    for pid in cluster:
-        [row] = [line.split() for line in lines[2:] if line.split()[0] == str(pid)]
-        assert row[2] == str(remotecall_fetch(os.getpid, pid))
-
-
-def test_status_json_lists_processes(cluster, served):
-    folder, _ = served
-    done = pydist("status", "--json", "--dir", folder)
-    [snapshot] = json.loads(done.stdout)
-    assert [row["id"] for row in snapshot["processes"]] == [1, *cluster]
-
-
-def test_status_without_a_running_cluster_says_so(tmp_path):
-    done = pydist("status", "--dir", tmp_path)
-    assert done.returncode == 1 and "no running pydist cluster" in done.stderr
-
-
-def test_status_removes_the_socket_of_a_master_that_is_gone(tmp_path):
-    stale = tmp_path / "0123456789ab.sock"
-    sock = socket.socket(socket.AF_UNIX)
-    sock.bind(str(stale))
-    sock.close()                           # bound but nobody listens: like a killed master
-    assert pydist("status", "--dir", tmp_path).returncode == 1
-    assert not stale.exists()
-
-
-def test_status_of_a_script_run_by_pydist_from_another_process(tmp_path):
-    script = write(tmp_path / "job.py", """
-        import subprocess, sys
-        done = subprocess.run([sys.executable, "-m", "pydist.cli", "status"], capture_output=True,
-                              text=True, timeout=60)
-        print(done.stdout, done.stderr)
-    """)
-    done = pydist("-p", 2, script, env={"HOME": str(tmp_path)})
-    assert done.returncode == 0, done.stderr
-    assert "2 worker(s)" in done.stdout
-    assert not list((tmp_path / ".pydist").glob("*.sock"))     # removed when the master ended
 
 
 @pytest.mark.ssh

@@ -14,6 +14,8 @@ does the same work:
 ``throughput_variants`` ``[(kind, label, fn)]``, kind "unbatched"/"batched"; ``fn(f, xs)``
 ``send_array(a)``      send ``a`` to a worker, return what comes back (its sum)
 ``get_array(n)``       an array of n float64 back from a worker
+``bigdata_variants()`` ``[(key, label, send, get)]``: the ways bigdata measures (default: the two above)
+``pass_array(i, j, n)`` worker ``i`` sends its cached array of n float64 to worker ``j``; its sum back
 ``worker_pids()``      OS pids of the worker processes (for RSS)
 ``stop()``             shut everything down (the harness then checks no process is left)
 =====================  ==========================================================
@@ -49,6 +51,7 @@ class Handle:
     latency_label = "call"
     fanout_label = "submit all, wait all"
     bigdata_label = "call with the array"
+    w2w_label = "worker to worker"
 
     def __init__(self, n: int):
         self.n = n
@@ -98,6 +101,12 @@ class Handle:
 
     def get_array(self, n: int):
         return self.call(0, tasks.get_cached_array, n)
+
+    def bigdata_variants(self):
+        return [("default", self.bigdata_label, self.send_array, self.get_array)]
+
+    def pass_array(self, src: int, dst: int, n: int) -> float:
+        raise CaseSkipped("workers cannot send data to one another")
 
 
 class PoolHandle(Handle):

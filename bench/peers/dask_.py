@@ -22,6 +22,7 @@ class DaskHandle(Handle):
     latency_label = "submit(f, workers=[w]).result()"
     fanout_label = "submit(workers=[w]) x N, gather"
     bigdata_label = "scatter(direct=True) + submit, result"
+    w2w_label = "submit(workers=[b]) with a future made on a"
 
     def __init__(self, n: int):
         super().__init__(n)
@@ -67,6 +68,14 @@ class DaskHandle(Handle):
                                       pure=False).result()
         finally:
             fut_a.release()
+
+    def pass_array(self, src, dst, n):
+        c = self.client
+        made = c.submit(tasks.get_cached_array, n, workers=[self.addrs[src]], pure=False)
+        try:
+            return c.submit(tasks.array_sum, made, workers=[self.addrs[dst]], pure=False).result()
+        finally:
+            made.release()
 
     def worker_pids(self):
         pids = self.client.run(os.getpid)

@@ -6,6 +6,7 @@ import logging
 
 import ipyparallel as ipp  # ImportError -> skipped
 
+from bench.common import CaseSkipped
 from bench.peers.base import Handle, default_chunksize
 
 NAME = "ipyparallel"
@@ -45,6 +46,9 @@ class IppHandle(Handle):
             ("unbatched", "load_balanced_view.map_sync chunksize=1", lambda f, xs: list(lv.map_sync(f, xs))),
             ("batched", "load_balanced_view.map_sync chunksize=len/4n", batched),
         ]
+
+    def pass_array(self, src, dst, n):
+        raise CaseSkipped("engines exchange data only through the client (push/pull)")
 
     def stop(self):
         try:

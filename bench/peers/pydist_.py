@@ -12,11 +12,17 @@ NAME = "pydist"
 DISTRIBUTIONS = ["pydist", "cloudpickle"]
 
 
+def send_cached_array(dst: int, n: int) -> float:
+    """Runs on a worker: send its cached array to worker ``dst``, return the sum ``dst`` made."""
+    return remotecall_fetch(tasks.array_sum, dst, tasks.get_cached_array(n))
+
+
 class PydistHandle(Handle):
     peer = NAME
     latency_label = "remotecall_fetch"
     fanout_label = "remotecall x N, fetch x N"
     bigdata_label = "remotecall_fetch(f, pid, array)"
+    w2w_label = "on worker a: remotecall_fetch(f, b, array)"
 
     def __init__(self, n: int):
         super().__init__(n)
@@ -34,9 +40,15 @@ class PydistHandle(Handle):
 
     def throughput_variants(self):
         return [
-            ("unbatched", "pmap(f, xs)  batch_size=1", lambda f, xs: pmap(f, xs, batch_size=1)),
+            # as a user writes it: batch_size=1 and per_worker=1 are the defaults, and pmap
+            # merges consecutive batches of a function this quick into one call by itself
+            ("unbatched", "pmap(f, xs)  defaults: batch_size=1 (quick batches merge), per_worker=1",
+             lambda f, xs: pmap(f, xs)),
             ("batched", 'pmap(f, xs, batch_size="auto")', lambda f, xs: pmap(f, xs, batch_size="auto")),
         ]
+
+    def pass_array(self, src, dst, n):
+        return remotecall_fetch(send_cached_array, self.ids[src], self.ids[dst], n)
 
     def worker_pids(self):
         return [remotecall_fetch(tasks.getpid, w) for w in self.ids]

@@ -30,6 +30,7 @@ class RayHandle(Handle):
     latency_label = "ray.get(actor.call.remote(f))"
     fanout_label = "f.remote() x N tasks, ray.get"
     bigdata_label = "ray.get(actor.call.remote(f, array))"
+    w2w_label = "actor a returns the array (object store), actor b gets its ref"
 
     def __init__(self, n: int):
         super().__init__(n)
@@ -48,6 +49,10 @@ class RayHandle(Handle):
 
     def call(self, i, f, *args):
         return ray.get(self.actors[i].call.remote(f, *args))
+
+    def pass_array(self, src, dst, n):
+        ref = self.actors[src].call.remote(tasks.get_cached_array, n)
+        return ray.get(self.actors[dst].call.remote(tasks.array_sum, ref))
 
     def submit_wait(self, f, xs):
         rf = self._task(f)
