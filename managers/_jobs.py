@@ -16,7 +16,8 @@ writes only what differs (STYLE.md §3):
 
 Inside a job (a Slurm allocation, a Grid Engine parallel job) the spec is a `LocalLaunch`: the
 launcher commands (srun, qrsh -inherit) this process runs; the base starts them instead of
-calling submit, and the backend's poll and cancel use launch_status and stop_launches.
+calling submit, and the backend's poll and cancel use launch_status and stop_launches
+(pydist.managers._launches).
 
 How one launch goes (`JobManager.launch`, on addprocs's `pydist-launch` thread):
 
@@ -61,16 +62,16 @@ import math
 import os
 import secrets
 import shlex
-import subprocess
 import threading
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 from pydist import LaunchError, WorkerConfig, cluster_cookie
 from pydist.manager import retire_workers
 
 from ._base import CommandError, worker_argv, worker_env
 from ._join import OUTPUT_TAIL_LINES, DialInManager, Joins, State, Status
+from ._launches import LocalLaunch, start_launch
 
 log = logging.getLogger("pydist")
 
@@ -81,8 +82,8 @@ WALLTIME_POLL_INTERVAL = 60.0
 
 # The names backends use (JobStatus(JobState.RUNNING, ...)): the states of any resource.
 JobState, JobStatus = State, Status
-__all__ = ["JobManager", "JobState", "JobStatus", "OUTPUT_TAIL_LINES", "write_secret", "LocalLaunch",
-           "launch_status", "stop_launches", "check_worker_count", "export_lines"]
+__all__ = ["JobManager", "JobState", "JobStatus", "OUTPUT_TAIL_LINES", "write_secret", "check_worker_count",
+           "export_lines"]
 
 
 @dataclasses.dataclass(eq=False)
@@ -417,71 +418,6 @@ def export_lines(params: dict, inherited: dict[str, str] | None = None) -> list[
             raise ValueError(f"env: {name!r} is not a valid environment variable name")
         lines.append(f"export {name}={shlex.quote(value)}")
     return lines
-
-
-# -- launches inside a job: launcher processes of this one --------------------------------------
-class LocalLaunch(NamedTuple):
-    """The spec of a launch inside a job (an allocation, a parallel job): the launcher commands
-    this process runs (one srun step; one qrsh -inherit per worker), the launch key
-    `<job id>.<launch>` that `submit` returns, and the file their output is appended to."""
-    argvs: list[list[str]]
-    key: str
-    output: str
-
-
-_launchers_lock = threading.Lock()                          # guards _launchers
-_launchers: dict[str, list[subprocess.Popen]] = {}          # launch key -> its processes
-
-
-def start_launch(launch: LocalLaunch) -> str:
-    """Start the launch's processes (a backend's `submit`); returns its key."""
-    os.makedirs(os.path.dirname(launch.output), mode=0o700, exist_ok=True)
-    processes = []
-    with open(launch.output, "ab") as output:
-        for argv in launch.argvs:
-            try:
-                processes.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=output,
-                                                  stderr=subprocess.STDOUT, start_new_session=True))
-            except FileNotFoundError as err:
-                stop_processes(processes)
-                raise CommandError(argv, 127, "", f"{argv[0]}: command not found") from err
-    with _launchers_lock:
-        _launchers[launch.key] = processes
-    return launch.key
-
-
-def launch_status(key: str, end_time: float | None) -> JobStatus:
-    """RUNNING (until `end_time`, the enclosing job's) while any of the launch's processes runs."""
-    with _launchers_lock:
-        processes = _launchers.get(key)
-    if processes is None:
-        return JobStatus(JobState.ENDED, "cancelled")
-    codes = [process.poll() for process in processes]
-    if None in codes:
-        return JobStatus(JobState.RUNNING, "", end_time)
-    return JobStatus(JobState.ENDED, f"{processes[0].args[0]} exited with code "
-                     + ", ".join(str(code) for code in codes))
-
-
-def stop_launches(keys: list[str], timeout: float = 30.0) -> None:
-    """Stop the launches among `keys` (other ids are ignored): see stop_processes."""
-    with _launchers_lock:
-        processes = [process for key in keys for process in _launchers.pop(key, [])]
-    stop_processes(processes, timeout)
-
-
-def stop_processes(processes: list[subprocess.Popen], timeout: float = 30.0) -> None:
-    """SIGTERM each launcher process (srun, qrsh -inherit: it ends its remote tasks), wait for
-    it up to `timeout` seconds, then SIGKILL."""
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-    for process in processes:
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _file_tail(path: str) -> str:

@@ -28,9 +28,9 @@ from pydist.manager import (ask_to_exit, cluster_id, master_hostname, parse_addr
 
 from ._base import (DEFAULT_IMAGE, CommandError, forwarded_env, host_port, refuse, run, worker_argv,
                     worker_command, worker_env)
-from ._jobs import (JobManager, JobState, JobStatus, LocalLaunch, check_worker_count, export_lines, launch_status,
-                    stop_launches, write_secret)
+from ._jobs import JobManager, JobState, JobStatus, check_worker_count, export_lines, write_secret
 from ._join import OUTPUT_TAIL_LINES, Joins, ResourceManager, State, Status
+from ._launches import LocalLaunch, launch_status, stop_launches
 from ._listener import JoinListener, join_listener
 
 __all__ = [
