@@ -29,6 +29,19 @@ secs_since() { local d=$(( $(now_ms) - $1 )); printf '%d.%01d' $((d / 1000)) $((
 # The bin dir of the interpreter that has pydist (not realpath'd: keeps venvs).
 py_bindir() { "$PY" -c 'import os, sys; print(os.path.dirname(sys.executable))'; }
 
+# Daemons started by pid file (slurm.sh, sge.sh): is it running; stop it
+# (SIGTERM, up to 5 s, then SIGKILL) and remove the pid file.
+alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+kill_pidfile() {
+  local f=$1 p
+  if alive "$f"; then
+    p=$(cat "$f"); kill "$p" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null || true
+  fi
+  rm -f "$f"
+}
+
 # Start dockerd by hand when the engine is not answering (no systemd here).
 ensure_dockerd() {
   timeout 20 docker info >/dev/null 2>&1 && return 0

@@ -6,7 +6,10 @@
 #   python     pip install -e '.[test]' into $PYTHON (default python3)
 #   sshd       loopback sshd 127.0.0.1:2222 + the test keys (bash .ci/sshd.sh start)
 #   slurm      munge + slurmctld + slurmd, partition debug (bash .ci/slurm.sh start)
+#   sge        Grid Engine qmaster + execd, queue all.q, PE pydist (bash .ci/sge.sh start)
 #   images     pydist-base:bookworm, pydist-worker:latest, pydist-sshhost:test
+#   slurm-mn   Slurm in 3 containers: slurmctld + nodes mn-node1, mn-node2, image
+#              pydist-slurmnode:test (bash .ci/slurm-multinode.sh start)
 #   smoke      one check per backend (bash .ci/smoke.sh)
 # Usage: bash .ci/setup.sh [--no-smoke]      then: bash .ci/test.sh [pytest args]
 # Stop it all with: bash .ci/teardown.sh
@@ -84,6 +87,8 @@ phase python   pip_install
 phase python2  other_python
 phase sshd     bash "$CI_DIR/sshd.sh" start
 phase slurm    bash "$CI_DIR/slurm.sh" start
+phase sge      bash "$CI_DIR/sge.sh" start
 phase images   bash "$CI_DIR/images.sh"
+phase slurm-mn bash "$CI_DIR/slurm-multinode.sh" start
 [ "$SMOKE" = 1 ] && phase smoke bash "$CI_DIR/smoke.sh"
 echo "--- set-up done; timings (s):"; cat "$WORK/timings"

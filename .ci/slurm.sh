@@ -24,18 +24,7 @@ CTLD_PID=$RUN/slurmctld.pid
 SLURMD_PID=$RUN/slurmd.pid
 MUNGE_PID=/run/munge/munged.pid
 
-alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 node_state() { timeout 10 sinfo -h -N -n localhost -o '%t' 2>/dev/null | head -1 || true; }
-
-kill_pidfile() {
-  local f=$1 p
-  if alive "$f"; then
-    p=$(cat "$f"); kill "$p" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$p" 2>/dev/null || true
-  fi
-  rm -f "$f"
-}
 
 cancel_jobs() {
   alive "$CTLD_PID" || return 0

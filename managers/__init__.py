@@ -4,13 +4,13 @@ is in pydist.managers.base."""
 from .local import LocalManager
 
 __all__ = ["LocalManager", "SSHManager", "DockerManager", "KubernetesManager", "SlurmManager",
-           "ElasticManager"]
+           "SGEManager", "ElasticManager"]
 
 
 def __getattr__(name):
     """Backends import lazily, so using one never needs another's client library."""
     modules = {"SSHManager": "ssh", "DockerManager": "docker", "KubernetesManager": "kubernetes",
-               "SlurmManager": "slurm", "ElasticManager": "elastic"}
+               "SlurmManager": "slurm", "SGEManager": "sge", "ElasticManager": "elastic"}
     if name in modules:
         import importlib
         return getattr(importlib.import_module(f"{__name__}.{modules[name]}"), name)

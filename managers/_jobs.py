@@ -12,6 +12,12 @@ writes only what differs (STYLE.md §3):
     cancel(job_ids)                                  safe to repeat, also for ended jobs
     output_tail(job_id) -> str                       optional: the end of the job's output
     cookie_file(launch_id) -> path | None            optional: where the job reads the cookie
+    output_dir                                       where both are by default (pydist-*.out/.cookie)
+
+Inside a job (a Slurm allocation, a Grid Engine parallel job) the spec is a `LocalLaunch`: the
+launcher commands (srun, qrsh -inherit) this process runs; the base starts them instead of
+calling submit, and the backend's poll and cancel use launch_status and stop_launches
+(pydist.managers._launches).
 
 How one launch goes (`JobManager.launch`, on addprocs's `pydist-launch` thread):
 
@@ -55,6 +61,7 @@ import logging
 import math
 import os
 import secrets
+import shlex
 import threading
 import time
 from typing import Any
@@ -62,8 +69,9 @@ from typing import Any
 from pydist import LaunchError, WorkerConfig, cluster_cookie
 from pydist.manager import retire_workers
 
-from ._base import CommandError
+from ._base import CommandError, worker_argv, worker_env
 from ._join import OUTPUT_TAIL_LINES, DialInManager, Joins, State, Status
+from ._launches import LocalLaunch, start_launch
 
 log = logging.getLogger("pydist")
 
@@ -74,7 +82,8 @@ WALLTIME_POLL_INTERVAL = 60.0
 
 # The names backends use (JobStatus(JobState.RUNNING, ...)): the states of any resource.
 JobState, JobStatus = State, Status
-__all__ = ["JobManager", "JobState", "JobStatus", "OUTPUT_TAIL_LINES", "write_secret"]
+__all__ = ["JobManager", "JobState", "JobStatus", "OUTPUT_TAIL_LINES", "write_secret", "check_worker_count",
+           "export_lines"]
 
 
 @dataclasses.dataclass(eq=False)
@@ -111,6 +120,7 @@ class JobManager(DialInManager):
     submit_hint = "check the option the scheduler names"    # next step after a refused job
     pending_hint = "ask for fewer resources or less time, pick another partition=..., or raise queue_timeout"
     no_output_hint = "check that the nodes can run the worker command"
+    output_dir: str | None = None    # job output and cookie files: a directory the nodes share
 
     def __init__(self, *, queue_timeout: float, worker_timeout: float | None, poll_interval: float,
                  walltime_margin: float | None, join_host: str | None, join_port: int):
@@ -165,8 +175,9 @@ class JobManager(DialInManager):
         """Cancel the jobs; no error for jobs that already ended."""
 
     def output_tail(self, job_id: str) -> str:
-        """The last lines of the job's output, for error messages ("" if unknown)."""
-        return ""
+        """The last lines of the job's output, for error messages ("" if unknown); by default
+        of `output_dir/pydist-<job_id>.out`."""
+        return _file_tail(os.path.join(self.output_dir, f"pydist-{job_id}.out")) if self.output_dir else ""
 
     def name(self, rid: str) -> str:
         return f"{self.job_kind} {rid}"
@@ -176,8 +187,9 @@ class JobManager(DialInManager):
 
     def cookie_file(self, launch_id: str) -> str | None:
         """Where this launch's job reads the cookie from; None if the backend passes it
-        another way.  The base writes it (0600) before submitting and removes it with the job."""
-        return None
+        another way.  The base writes it (0600) before submitting and removes it with the job.
+        By default `output_dir/pydist-<launch_id>.cookie`."""
+        return os.path.join(self.output_dir, f"pydist-{launch_id}.cookie") if self.output_dir else None
 
     # -- ClusterManager -------------------------------------------------------------------
     def manage(self, pid: int, config: WorkerConfig, op: str) -> None:
@@ -210,7 +222,7 @@ class JobManager(DialInManager):
         if cookie is not None:
             write_secret(cookie, cluster_cookie())
         try:
-            job_id = self.submit(spec)
+            job_id = start_launch(spec) if isinstance(spec, LocalLaunch) else self.submit(spec)
         except CommandError as err:
             _remove(cookie)
             raise LaunchError([(f"{self.job_kind} for {n} workers",
@@ -233,6 +245,13 @@ class JobManager(DialInManager):
                 _end(job, "no worker joined")
         if failures:
             raise LaunchError(failures)
+
+    def join_argv(self, params: dict, head: str, launch_id: str) -> list[str]:
+        """The command of one worker of this launch: dial `head`, read the cookie file, give up
+        after worker_timeout (the ident is added by the job's task shell)."""
+        timeout = self.worker_timeout or params.get("worker_timeout")
+        return worker_argv(params, "--join", head, "--cookie-file", self.cookie_file(launch_id),
+                           *(["--join-timeout", f"{float(timeout):g}"] if timeout else []))
 
     def _job_of(self, ident: Any) -> _Job | None:
         with _lock:
@@ -378,6 +397,37 @@ def write_secret(path: str, text: str) -> None:
     except BaseException:
         _remove(partial)
         raise
+
+
+def check_worker_count(n: int | None, in_job: bool, without_n: str) -> int | None:
+    """A manager's `n`: a number of workers >= 1, or None (one per task or slot of the job
+    this process runs in) only when `in_job`; else ValueError, `without_n` when n is missing."""
+    if n is None and not in_job:
+        raise ValueError(without_n)
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"n must be a number of workers >= 1, not {n!r}")
+    return n
+
+
+def export_lines(params: dict, inherited: dict[str, str] | None = None) -> list[str]:
+    """`export NAME=value` lines for a job script: the workers' environment (never the cookie),
+    after `inherited` (variables of the master's that a scheduler does not pass on by itself)."""
+    lines = []
+    for name, value in {**(inherited or {}), **worker_env(params)}.items():
+        if not name.isidentifier():
+            raise ValueError(f"env: {name!r} is not a valid environment variable name")
+        lines.append(f"export {name}={shlex.quote(value)}")
+    return lines
+
+
+def _file_tail(path: str) -> str:
+    """The last OUTPUT_TAIL_LINES lines of a job's output file, under its path ("" if none)."""
+    try:
+        with open(path, errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ""
+    return "\n".join([f"({path})", *lines[-OUTPUT_TAIL_LINES:]]) if lines else ""
 
 
 def _remove(path: str | None) -> None:

@@ -16,7 +16,9 @@ What a backend subclasses:
 * `ResourceManager`: one resource per worker (pod, VM, process), workers dial in; write
   `create`, `poll` (or `watch`), `delete`, optionally `logs`.
 * `JobManager`: one batch job of n tasks per launch, workers dial in; write `worker_count`,
-  `build_spec`, `submit`, `poll`, `cancel`, optionally `output_tail` and `cookie_file`.
+  `build_spec`, `submit`, `poll`, `cancel`, optionally `output_tail` and `cookie_file` (or set
+  `output_dir`); inside a job, `build_spec` returns a `LocalLaunch` (srun, qrsh -inherit) that
+  the base starts, and `poll`/`cancel` use `launch_status`/`stop_launches` for it.
 """
 
 from pydist import (ClusterManager, LaunchError, WorkerConfig, addprocs, cluster_cookie,
@@ -28,8 +30,9 @@ from pydist.output import STDERR_MARK, OutputRelay
 
 from ._base import (DEFAULT_IMAGE, CommandError, forwarded_env, host_port, refuse, run, worker_argv,
                     worker_command, worker_env)
-from ._jobs import JobManager, JobState, JobStatus, write_secret
+from ._jobs import JobManager, JobState, JobStatus, check_worker_count, export_lines, write_secret
 from ._join import OUTPUT_TAIL_LINES, Joins, ResourceManager, State, Status
+from ._launches import LocalLaunch, launch_status, stop_launches
 from ._listener import JoinListener, join_listener
 
 __all__ = [
@@ -45,4 +48,6 @@ __all__ = [
     # workers that dial in
     "JoinListener", "join_listener", "Joins", "State", "Status", "ResourceManager",
     "JobManager", "JobState", "JobStatus",
+    # batch jobs: launches inside a job (srun, qrsh -inherit), job scripts
+    "LocalLaunch", "launch_status", "stop_launches", "check_worker_count", "export_lines",
 ]

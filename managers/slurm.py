@@ -34,12 +34,10 @@ from __future__ import annotations
 import datetime
 import os
 import shlex
-import subprocess
-import threading
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
-from .base import (OUTPUT_TAIL_LINES, CommandError, JobManager, JobState, JobStatus, default_addprocs_params,
-                   run, worker_argv, worker_env)
+from .base import (CommandError, JobManager, JobState, JobStatus, LocalLaunch, check_worker_count,
+                   default_addprocs_params, export_lines as _exports, launch_status, run, stop_launches)
 
 # squeue states in which the job has its resources and its tasks run (CONFIGURING: nodes
 # still booting, so the launch timer has not started yet).
@@ -54,18 +52,6 @@ COMMAND_TIMEOUT = 30.0
 
 # The shell each task runs: name the worker after its job and task, then become the worker.
 TASK_SHELL = 'exec "$@" --ident "{job}.$SLURM_PROCID"'
-
-
-class SrunStep(NamedTuple):
-    """The spec of a launch inside an allocation: the srun command, the ident prefix its
-    workers use, and the file its output goes to."""
-    argv: list[str]
-    key: str
-    output: str
-
-
-_steps: dict[str, tuple[subprocess.Popen, str]] = {}  # step key -> (srun, allocation job id)
-_steps_lock = threading.Lock()                          # guards _steps
 
 
 class SlurmManager(JobManager):
@@ -95,13 +81,11 @@ class SlurmManager(JobManager):
         super().__init__(queue_timeout=queue_timeout, worker_timeout=worker_timeout,
                          poll_interval=poll_interval, walltime_margin=walltime_margin,
                          join_host=join_host, join_port=join_port)
-        if n is None and "SLURM_JOB_ID" not in os.environ:
-            raise ValueError("SlurmManager() without n starts one worker per task of the allocation "
-                             "it runs in, and this process is not in one (no SLURM_JOB_ID). From a "
-                             "login node, say how many workers to submit: "
-                             "SlurmManager(n=8, time=\"01:00:00\", partition=\"debug\")")
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-            raise ValueError(f"n must be a number of workers >= 1, not {n!r}")
+        check_worker_count(n, "SLURM_JOB_ID" in os.environ,
+                           "SlurmManager() without n starts one worker per task of the allocation "
+                           "it runs in, and this process is not in one (no SLURM_JOB_ID). From a "
+                           "login node, say how many workers to submit: "
+                           "SlurmManager(n=8, time=\"01:00:00\", partition=\"debug\")")
         if isinstance(sbatch_args, str) or isinstance(prologue, str):
             raise TypeError("sbatch_args and prologue are lists of strings, one option or line each")
         self.n = n
@@ -127,13 +111,11 @@ class SlurmManager(JobManager):
         for printing and tests; no side effects.  `head` is known once the master listens."""
         spec = self.build_spec(n or self.worker_count(), params or default_addprocs_params(), head,
                                "LAUNCH")
-        return spec if isinstance(spec, str) else shlex.join(spec.argv) + "\n"
+        return spec if isinstance(spec, str) else shlex.join(spec.argvs[0]) + "\n"
 
-    def build_spec(self, n: int, params: dict, head: str, launch_id: str) -> str | SrunStep:
-        """A batch script for `n` workers dialing `head`, or inside an allocation an SrunStep."""
-        timeout = self.worker_timeout or params.get("worker_timeout")
-        argv = worker_argv(params, "--join", head, "--cookie-file", self.cookie_file(launch_id),
-                           *(["--join-timeout", f"{float(timeout):g}"] if timeout else []))
+    def build_spec(self, n: int, params: dict, head: str, launch_id: str) -> str | LocalLaunch:
+        """A batch script for `n` workers dialing `head`, or inside an allocation an srun step."""
+        argv = self.join_argv(params, head, launch_id)
         if self.in_allocation:
             return self._srun_step(n, params, argv, launch_id)
         options = {"job-name": self.job_name, "ntasks": n, "time": self.time,
@@ -164,92 +146,40 @@ class SlurmManager(JobManager):
         return ["srun", "--wait=0", "--kill-on-bad-exit=0",
                 *([f"--cpus-per-task={cpus}"] if cpus else [])]
 
-    def _srun_step(self, n: int, params: dict, argv: list[str], launch_id: str) -> SrunStep:
+    def _srun_step(self, n: int, params: dict, argv: list[str], launch_id: str) -> LocalLaunch:
         # --overlap: the step starts even if an earlier step (another addprocs) holds the CPUs.
         key = f"{os.environ.get('SLURM_JOB_ID', 'JOBID')}.{launch_id}"
         shell = "\n".join([*_exports(params), *self.prologue, TASK_SHELL.format(job=key)])
         command = [*self._srun_options(), f"--ntasks={n}", "--overlap", f"--chdir={params['dir']}",
                    f"--job-name={self.job_name}", "/bin/sh", "-c", shell, key, *argv]
-        return SrunStep(command, key, os.path.join(self.output_dir, f"pydist-{key}.out"))
-
-    def cookie_file(self, launch_id: str) -> str:
-        return os.path.join(self.output_dir, f"pydist-{launch_id}.cookie")
+        return LocalLaunch([command], key, os.path.join(self.output_dir, f"pydist-{key}.out"))
 
     # -- scheduler commands -----------------------------------------------------------------
-    def submit(self, spec: str | SrunStep) -> str:
-        if isinstance(spec, SrunStep):
-            return self._start_step(spec)
-        os.makedirs(self.output_dir, mode=0o700, exist_ok=True)
+    def submit(self, spec: str) -> str:
         out = run(["sbatch", "--parsable"], input=spec, timeout=COMMAND_TIMEOUT)
         return out.strip().splitlines()[-1].split(";")[0].strip()
 
-    def _start_step(self, step: SrunStep) -> str:
-        os.makedirs(self.output_dir, mode=0o700, exist_ok=True)
-        with open(step.output, "ab") as output:
-            try:
-                process = subprocess.Popen(step.argv, stdin=subprocess.DEVNULL, stdout=output,
-                                           stderr=subprocess.STDOUT, start_new_session=True)
-            except FileNotFoundError as err:
-                raise CommandError(step.argv, 127, "", "srun: command not found") from err
-        with _steps_lock:
-            _steps[step.key] = (process, os.environ["SLURM_JOB_ID"])
-        return step.key
-
     def poll(self, job_ids: list[str]) -> dict[str, JobStatus]:
-        with _steps_lock:
-            steps = {key: _steps[key] for key in job_ids if key in _steps}
         batch = [j for j in job_ids if not _is_step(j)]
-        queried = sorted({*batch, *(allocation for _, allocation in steps.values())})
-        found = _squeue(queried) if queried else {}
+        steps = [j for j in job_ids if _is_step(j)]       # key: <allocation>.<launch>
+        found = _squeue(sorted({*batch, *(key.partition(".")[0] for key in steps)})) if job_ids else {}
         statuses = {j: found.get(j, JobStatus(JobState.ENDED, "no longer in the queue")) for j in batch}
-        statuses.update({j: JobStatus(JobState.ENDED, "srun step cancelled")
-                         for j in job_ids if _is_step(j) and j not in steps})
-        for key, (process, allocation) in steps.items():
-            code = process.poll()
-            end = found[allocation].end_time if allocation in found else None
-            statuses[key] = (JobStatus(JobState.RUNNING, "", end) if code is None else
-                             JobStatus(JobState.ENDED, f"srun exited with code {code}"))
+        for key in steps:
+            allocation = found.get(key.partition(".")[0])
+            statuses[key] = launch_status(key, allocation.end_time if allocation else None)
         return statuses
 
     def cancel(self, job_ids: list[str]) -> None:
-        with _steps_lock:
-            steps = [_steps.pop(key)[0] for key in job_ids if key in _steps]
+        stop_launches(job_ids, COMMAND_TIMEOUT)      # SIGTERM to srun cancels its step
         batch = [j for j in job_ids if not _is_step(j)]
-        for process in steps:      # SIGTERM to srun cancels its step (all its tasks)
-            if process.poll() is None:
-                process.terminate()
-            try:
-                process.wait(COMMAND_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
         if batch:
             run(["scancel", *batch], timeout=COMMAND_TIMEOUT)
 
-    def output_tail(self, job_id: str) -> str:
-        name = f"pydist-{job_id}.out"
-        path = os.path.join(self.output_dir, name)
-        try:
-            with open(path, errors="replace") as f:
-                lines = f.read().splitlines()
-        except OSError:
-            return ""
-        return "\n".join([f"({path})", *lines[-OUTPUT_TAIL_LINES:]]) if lines else ""
 
 
 def _is_step(job_id: str) -> bool:
     """Step keys are `<allocation>.<launch>`; sbatch ids have no dot."""
     return "." in job_id
-
-
-def _exports(params: dict) -> list[str]:
-    """`export NAME=value` lines for the workers' environment (never the cookie)."""
-    lines = []
-    for name, value in worker_env(params).items():
-        if not name.isidentifier():
-            raise ValueError(f"env: {name!r} is not a valid environment variable name")
-        lines.append(f"export {name}={shlex.quote(value)}")
-    return lines
 
 
 def _squeue(job_ids: list[str]) -> dict[str, JobStatus]:

@@ -201,7 +201,10 @@ class _Lane:
 
 _lanes_lock = threading.Lock()       # guards _lanes, _cancelled_lanes and every _Lane's fields
 _lanes: dict[tuple[int, int], _Lane] = {}         # (caller, lane) -> a lane with calls
-_cancelled_lanes: set[tuple[int, int]] = set()    # lanes whose caller cancelled them
+# Lanes whose caller cancelled them, so that a call it sent just before it knew is refused.
+# Such stragglers arrive right after the cancel; the oldest entries past this many go.
+_cancelled_lanes: collections.OrderedDict[tuple[int, int], None] = collections.OrderedDict()
+CANCELLED_LANES_KEPT = 4096
 
 
 def _on_lane_call(link, key, msg_id, body, buffers) -> bool:
@@ -242,13 +245,17 @@ def cancel_lanes(caller: int, lanes: list[int]) -> None:
     with _lanes_lock:
         for lane_id in lanes:
             key = (caller, lane_id)
-            _cancelled_lanes.add(key)
+            _cancelled_lanes[key] = None
             lane = _lanes.get(key)
             if lane is not None:
                 dropped.extend(lane.queued)
                 lane.queued.clear()
                 tids.add(lane.tid)
-    interrupt_threads(tids)
+        while len(_cancelled_lanes) > CANCELLED_LANES_KEPT:
+            _cancelled_lanes.popitem(last=False)
+        # Under the lock: a lane's thread cannot have finished the lane and moved on to
+        # another caller's call meanwhile (it takes this lock to leave the lane).
+        interrupt_threads(tids)
     link = STATE.links.get(caller)
     if link is not None:
         for msg_id, _body, _buffers in dropped:
@@ -273,10 +280,13 @@ def cancel_remotely(pid: int, lanes) -> None:
 
 
 def _forget_lanes(pid: int) -> None:
-    """Exit hook: the lanes of an exited caller."""
+    """Exit hook: an exited caller's lanes; their queued calls never run."""
     with _lanes_lock:
         for key in [k for k in _cancelled_lanes if k[0] == pid]:
-            _cancelled_lanes.discard(key)
+            del _cancelled_lanes[key]
+        for key, lane in _lanes.items():
+            if key[0] == pid:
+                lane.queued.clear()
 
 
 # A remotecall's result up to this size is also sent to the caller at once, so fetching it

@@ -119,8 +119,11 @@ def _add(manager: ClusterManager, params: dict, group: _RestartGroup | None) -> 
         _ensure_master_setup()
         added, failures = _launch_and_setup(manager, params, group)
         _sync_members()
-        for hook in _added_hooks:
-            hook(added)
+        for hook in _added_hooks:         # the workers are in: a hook's failure is logged,
+            try:                          # never raised after they joined
+                hook(added)
+            except Exception:
+                log.exception("pydist: setting up workers %s after they joined failed", added)
     port = params["dashboard"]                   # True, or a port (0: any free one)
     if port is not False and port is not None:
         from .web import dashboard
@@ -311,7 +314,8 @@ def _setup_one(manager, config: WorkerConfig, params: dict, group: _RestartGroup
             STATE.cond.notify_all()
         if relay is not None:
             relay.pid = pid
-        share_memory(link)
+        info = STATE.members.get(pid)
+        share_memory(link, info.shm if info is not None else "")
         link.start(f"pydist-reader-{pid}")
         start_heartbeat()
         manager.manage(pid, config, "register")

@@ -12,7 +12,7 @@ Stopping.  When the caller's wait ends with an exception (Ctrl-C's KeyboardInter
 any BaseException), the pmap cancels its lanes on every worker it uses: queued batches never
 start, running ones get a KeyboardInterrupt, and the caller waits up to CANCEL_SECONDS for
 the workers to be back in the pool before it re-raises, so the next call starts on idle
-workers.
+workers. The first unhandled failure of an element stops the others the same way.
 """
 
 from __future__ import annotations
@@ -36,14 +36,14 @@ from .calls import cancel_remotely, new_lane, remotecall
 
 T = TypeVar("T")
 
-# Batches kept in flight per worker: FIRST_PIPELINE at first; then, while each batch is
-# answered within QUICK_BATCH seconds of being sent, DEEP_PIPELINE: tiny tasks flow without
-# the worker ever waiting for the master, and several are sent with one write. Slower batches keep SHALLOW_PIPELINE
-# (one running, one queued): more would only leave work queued on one worker at the end
-# while another is idle, and lose more work when a worker dies.
-FIRST_PIPELINE = 4
+# Batches in flight per worker: one per lane at first (nothing waits on a worker before it
+# is known to be quick: an idle worker could take it); then, while each batch is answered
+# within QUICK_BATCH seconds of being sent, DEEP_PIPELINE: tiny tasks flow without the
+# worker ever waiting for the master, and several are sent with one write. Slower batches
+# keep one queued behind the running ones, and never more than the worker's fair share of
+# what is left: more would leave work queued on one worker while another is idle, and lose
+# more work when a worker dies.
 DEEP_PIPELINE = 16
-SHALLOW_PIPELINE = 2
 QUICK_BATCH = 0.001
 # Consecutive batches merge into one call while the worker answers an element every
 # QUICK_ELEMENT seconds or faster, doubling up to the size batch_size="auto" would
@@ -142,6 +142,7 @@ class _Run:
         self.count_lock = threading.Lock()   # guards remaining (taken per answer, apart from the drivers)
         self.columns, self.batch_size, self.next_start = columns, batch_size, 0
         self.merge_limit = 1                 # batches merged into one call at most (run)
+        self.width = 1                       # drivers at most (run)
         self.retries: collections.deque[_Batch] = collections.deque()
         self.remaining = n
         self.error: BaseException | None = None
@@ -156,6 +157,7 @@ class _Run:
     # -- the caller's thread -----------------------------------------------------------------
     def run(self, width: int) -> list:
         started = 0
+        self.width = width
         if not self.local:
             auto = math.ceil(len(self.results) / (width * AUTO_BATCHES_PER_WORKER))
             self.merge_limit = max(1, auto // self.batch_size)
@@ -168,6 +170,10 @@ class _Run:
                         threading.Thread(target=self._drive, name=f"pydist-pmap-{started}",
                                          daemon=True).start()
                     self.cond.wait()
+                failed = self.error is not None
+            if failed:                      # the first unhandled failure stops the rest
+                self._cancel(self.error)
+            with self.lock:
                 while self.drivers:
                     self.cond.wait()
         except BaseException as err:        # Ctrl-C, say: nothing of this pmap goes on
@@ -196,6 +202,13 @@ class _Run:
     # -- driver threads --------------------------------------------------------------------
     def _has_work(self) -> bool:
         return self.next_start < len(self.results) or bool(self.retries)
+
+    def _plenty_left(self) -> bool:
+        """More elements wait to be sent than there are drivers: one may queue work ahead on
+        its worker without taking it from a worker that will be idle."""
+        with self.lock:
+            unsent = len(self.results) - self.next_start + sum(len(b) for b in self.retries)
+        return unsent >= self.width
 
     def _next_batch(self, merged: int = 1) -> _Batch | None:
         """The next batch to send, `merged` batches as one (made now: a million elements
@@ -356,7 +369,7 @@ class _Lease:
         self.lock = threading.Lock()         # guards in_flight, depth, merged, waiting
         self.cond = threading.Condition(self.lock)
         self.in_flight = 0
-        self.depth = FIRST_PIPELINE
+        self.depth = len(self.lanes)          # one per lane until answers show the pace
         self.merged = 1               # batches per call now (QUICK_ELEMENT)
         self.answered_at = 0.0        # when the last answer came
         self.waiting = False          # the driver sleeps until in_flight <= depth // 2
@@ -369,9 +382,11 @@ class _Lease:
                     self.waiting = True
                     self.cond.wait(WAKE_SECONDS)
                 self.waiting = False
-                room, merged = self.depth - self.in_flight, self.merged
-            batches = []
+                busy, room, merged = self.in_flight, self.depth - self.in_flight, self.merged
+            lanes, batches = len(self.lanes), []
             while len(batches) < room and sent < LEASE_BATCHES and pid not in STATE.dead:
+                if busy + len(batches) >= lanes and not run._plenty_left():
+                    break                     # it would wait on this worker while another is idle
                 batch = run._next_batch(merged)
                 if batch is None:
                     break
@@ -387,9 +402,9 @@ class _Lease:
             with self.lock:
                 self.in_flight += len(batches)
             sent_at = time.monotonic()
-            lanes, first = self.lanes, sent - len(batches)
+            first = sent - len(batches)
             for i, batch in enumerate(batches):
-                lane = lanes[(first + i) % len(lanes)]
+                lane = self.lanes[(first + i) % lanes]
                 handle = run._submit(pid, batch, lane, functools.partial(self._answered, batch, sent_at))
                 if isinstance(handle, _Done):
                     self._answered(batch, sent_at, handle)
@@ -404,7 +419,7 @@ class _Lease:
         quick = now - sent_at < QUICK_BATCH                    # answered, queue included
         with self.lock:
             self.in_flight -= 1
-            self.depth = DEEP_PIPELINE if quick else SHALLOW_PIPELINE
+            self.depth = max(DEEP_PIPELINE, len(self.lanes) + 1) if quick else len(self.lanes) + 1
             gap, self.answered_at = now - max(self.answered_at, sent_at), now   # the worker's pace
             if gap < QUICK_ELEMENT * len(batch):
                 self.merged = min(self.merged * 2, self.run_.merge_limit)
@@ -530,9 +545,11 @@ class DistributedTask:
     def __init__(self, futures: list):
         self.futures = futures
 
-    def wait(self) -> "DistributedTask":
+    def wait(self, timeout: float | None = None) -> "DistributedTask":
+        """Wait for every chunk; TimeoutError if they are not all done within `timeout` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         for fut in self.futures:
-            fut.wait()
+            fut.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return self
 
     def isready(self) -> bool:
@@ -540,8 +557,8 @@ class DistributedTask:
 
     done = isready
 
-    def fetch(self) -> None:
-        self.wait()
+    def fetch(self, timeout: float | None = None) -> None:
+        self.wait(timeout)
 
 
 def distributed(func: Callable, iterable: Iterable, reducer: Callable | None = None):

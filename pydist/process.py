@@ -253,24 +253,24 @@ def dial_peer(info: WorkerInfo) -> Link:
         sock.close()
         raise ProcessExitedException(info.pid, f"the connection to it failed ({err})") from err
     link = Link(sock, on_frame, on_close, peer=info.pid)
-    link.send(Kind.IDENT, dumps(STATE.myid)[0])
-    register_link(link)
+    link.send(Kind.IDENT, dumps((STATE.myid, STATE.shm))[0])
+    register_link(link, info.shm)
     return link
 
 
-def share_memory(link: Link) -> None:
-    """Let large buffers on `link` go through shared memory when its peer shares this
-    host's (pydist/shm.py); both ends decide alike from the membership table."""
-    with STATE.cond:
-        info = STATE.master_info if link.peer == 1 else STATE.members.get(link.peer)
-    if STATE.shm and info is not None and info.shm == STATE.shm:
+def share_memory(link: Link, peer_shm: str) -> None:
+    """Let large buffers on `link` go through shared memory when its peer, whose shared
+    memory is `peer_shm` (WorkerInfo.shm, or what it said when it dialed), shares this
+    process's (pydist/shm.py). Each end decides from what the other said of itself on this
+    very link's set-up, so both always agree."""
+    if STATE.shm and peer_shm == STATE.shm:
         link.segments = shm.Segments(STATE.cluster_id, STATE.myid, link.peer)
         link.segments.link = link
 
 
-def register_link(link: Link) -> None:
+def register_link(link: Link, peer_shm: str) -> None:
     """Make `link` the link to its peer and start serving it."""
-    share_memory(link)
+    share_memory(link, peer_shm)
     with STATE.cond:
         old = STATE.links.get(link.peer)
         STATE.links[link.peer] = link
@@ -307,9 +307,10 @@ def accept(sock: socket.socket, addr, on_offer=None) -> None:
         link.closed = True
         sock.close()
         return
-    if kind is Kind.IDENT and isinstance(what, int) and what > 1 and what != STATE.myid:
-        link.peer = what
-        register_link(link)
+    if (kind is Kind.IDENT and isinstance(what, tuple) and len(what) == 2 and isinstance(what[0], int)
+            and what[0] > 1 and what[0] != STATE.myid):
+        link.peer = what[0]
+        register_link(link, str(what[1]))
     elif kind is Kind.JOIN and STATE.on_join is not None and not STATE.joined.is_set():
         STATE.on_join(link, what)
     elif kind is Kind.OFFER and on_offer is not None:
@@ -439,6 +440,9 @@ def result(reply, timeout: float | None = None) -> object:
 
     TimeoutError after `timeout` seconds; the call goes on, and its late answer is dropped."""
     if not reply.wait(timeout):
+        link = STATE.links.get(reply.pid)
+        if link is not None:
+            link.abandon(reply)
         raise TimeoutError(f"process {reply.pid} did not answer within {timeout:g} s; the call "
                            "may still be running there (interrupt() stops it)")
     if reply.error is not None:

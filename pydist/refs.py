@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
+import logging
 import os
 import queue
 import threading
@@ -33,9 +34,11 @@ from typing import Any, Callable, Generic, NamedTuple, TypeVar, overload
 from . import _html
 from .channel import Channel
 from .errors import InvalidStateError, RemoteException
-from .messages import Kind
-from .process import STATE, call_fetch, get_link, internal, myid
+from .messages import Kind, Mode
+from .process import STATE, call_fetch, get_link, internal, myid, result, send_call
 from .serialize import destination, dumps, loads, undo_if_not_sent
+
+log = logging.getLogger("pydist")
 
 
 class RRID(NamedTuple):
@@ -267,22 +270,60 @@ def store_outcome(rrid: RRID, value: Any) -> bool:
 
 
 # Past its own timeout, a caller waits this much longer for the owner's answer to a timed
-# wait: the owner's outcome (a value, or its own TimeoutError) decides, so a `take` that
-# succeeded at the last moment is not lost. Only an owner that does not answer at all is
-# given up on locally.
+# wait: the owner's outcome (a value, or its own TimeoutError) decides. Only an owner that
+# does not answer in time is given up on here; what it answers later goes to `late`.
 OWNER_GRACE = 1.0
 
 
-def _ask_owner(where: int, func, *args, timeout: float | None = None):
+class _TimedAsk:
+    """One timed owner-side operation: its answer, or, once the caller gave up, `late`."""
+
+    def __init__(self, late: Callable[[Any], None] | None):
+        self.late = late
+        self.lock = threading.Lock()         # guards reply and abandoned
+        self.answered = threading.Event()
+        self.reply = None
+        self.abandoned = False
+
+    def on_done(self, reply) -> None:        # the link's reader thread: hand over at once
+        with self.lock:
+            self.reply = reply
+            abandoned = self.abandoned
+        self.answered.set()
+        if abandoned and self.late is not None:
+            STATE.runner.submit(self._deliver_late, reply)
+
+    def _deliver_late(self, reply) -> None:
+        try:
+            value = result(reply)
+        except Exception:
+            return                           # the owner timed out too: nothing was taken
+        self.late(value)
+
+    def give_up(self) -> bool:
+        """The caller stops waiting; False if the answer came just now (use it)."""
+        with self.lock:
+            self.abandoned = self.reply is None
+            return self.abandoned
+
+
+def _ask_owner(where: int, func, *args, timeout: float | None = None,
+               late: Callable[[Any], None] | None = None):
     """Run an owner-side operation on process `where` (it gets `timeout` as its last argument
-    when one is given); a wait that timed out there raises TimeoutError here."""
+    when one is given); a wait that timed out there raises TimeoutError here. If the owner
+    does not answer within timeout + OWNER_GRACE, TimeoutError too, and a value it answers
+    later goes to `late` (a take puts it back: nothing is lost)."""
     if timeout is None:
         return call_fetch(where, func, *args)
+    ask = _TimedAsk(late)
+    send_call(where, Mode.FETCH, func, (*args, timeout), on_done=ask.on_done)
+    if not ask.answered.wait(timeout + OWNER_GRACE) and ask.give_up():
+        raise TimeoutError(f"process {where} did not answer within {timeout:g} s")
     try:
-        return call_fetch(where, func, *args, timeout, timeout=timeout + OWNER_GRACE)
+        return result(ask.reply)
     except RemoteException as err:
         if isinstance(err.captured, TimeoutError):
-            raise TimeoutError(str(err.captured)) from None
+            raise TimeoutError(f"nothing came within {timeout:g} s") from None
         raise
 
 
@@ -299,6 +340,7 @@ def _owner_cancel(rrid: RRID, interrupt: bool) -> bool:
     """Cancel the Future rrid here on its owner: if its call has not started (or there is no
     call), it becomes cancelled; a running call only with `interrupt`, which raises
     KeyboardInterrupt in it. True if the Future is (now) cancelled."""
+    from .calls import interrupt_threads     # calls.py sits above this module
     rv = _lookup(rrid)            # asked by a holder: made now if nothing used it yet
     with _refs_lock:
         if rv.is_set:
@@ -308,12 +350,11 @@ def _owner_cancel(rrid: RRID, interrupt: bool) -> bool:
             if running and not interrupt:
                 return False
             rv.is_set = True
+            if running:           # under the lock: its thread cannot store an outcome and
+                interrupt_threads({running})     # move on to another call meanwhile
     if running is None:                     # already finished: cancelled only if it was
         return rv.store.isready() and _is_cancelled(rv.store.fetch())
     rv.store.put(_Failed(_cancelled_error()))
-    if running:
-        from .calls import interrupt_threads     # calls.py sits above this module
-        interrupt_threads({running})
     return True
 
 
@@ -457,10 +498,11 @@ class Future(_Ref, Generic[T]):
         seconds (the Future is unchanged: a later fetch still works)."""
         value = self._v
         if value is _UNSET:
-            # one fetch at a time; the others use its result
-            if not self._fetching.acquire(timeout=-1 if timeout is None else timeout):
-                raise TimeoutError(f"Future {tuple(self.rrid)} was not ready within {timeout:g} s")
-            try:
+            acquired = False
+            try:                            # one fetch at a time; the others use its result
+                acquired = self._fetching.acquire(timeout=-1 if timeout is None else timeout)
+                if not acquired:
+                    raise TimeoutError
                 value = self._v
                 if value is _UNSET:
                     value = self._fetch_once(timeout)
@@ -469,7 +511,8 @@ class Future(_Ref, Generic[T]):
                                    f"ready within {timeout:g} s; it is unchanged (fetch it again "
                                    "later, or cancel it)") from None
             finally:
-                self._fetching.release()
+                if acquired:
+                    self._fetching.release()
         return _unwrap(value)
 
     def _fetch_once(self, timeout: float | None = None):
@@ -647,10 +690,10 @@ class RemoteChannel(_Ref):
             call_fetch(where, _owner_create, rrid, factory)
         self._init(where, rrid, True)
 
-    def _op(self, op: str, *args, timeout: float | None = None):
+    def _op(self, op: str, *args, timeout: float | None = None, late=None):
         if self.where == myid():
             return _owner_op(self.rrid, op, args, timeout)
-        return _ask_owner(self.where, _owner_op, self.rrid, op, args, timeout=timeout)
+        return _ask_owner(self.where, _owner_op, self.rrid, op, args, timeout=timeout, late=late)
 
     def isopen(self) -> bool:
         return self._op("isopen")
@@ -663,7 +706,15 @@ class RemoteChannel(_Ref):
     def take(self, timeout: float | None = None) -> Any:
         """Remove and return the first item, blocking while empty; TimeoutError if none came
         within `timeout` seconds (nothing is taken)."""
-        return self._op("take", timeout=timeout)
+        return self._op("take", timeout=timeout, late=self._put_back)
+
+    def _put_back(self, item: Any) -> None:
+        """An item the owner gave a take that had timed out already: back it goes (last)."""
+        try:
+            self.put(item)
+        except Exception as err:                 # closed meanwhile: say what was lost
+            log.warning("pydist: an item taken after its take(timeout=) gave up could not be "
+                        "put back into %r: %s", self, err)
 
     def fetch(self, timeout: float | None = None) -> Any:
         """The first item, without removing it, blocking while empty (TimeoutError after
@@ -675,10 +726,8 @@ class RemoteChannel(_Ref):
 
     def wait(self, timeout: float | None = None) -> "RemoteChannel":
         """Block until an item is there; it is not removed (TimeoutError after `timeout`)."""
-        if timeout is None:
-            self._op("wait")
-        else:
-            self._op("fetch", timeout=timeout)
+        if self._op("wait", timeout=timeout) is False:          # Channel.wait's timeout
+            raise TimeoutError(f"{self!r} had no item within {timeout:g} s")
         return self
 
     def close(self) -> None:

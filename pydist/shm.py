@@ -60,8 +60,8 @@ _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)    # map every page at once, no
 
 
 def host_identity(directory: str | None = None) -> str:
-    """What two processes must share to exchange buffers this way: this boot, and the same
-    file system at the arena directory. "" when there is none (no /dev/shm, not Linux)."""
+    """What two processes must share to exchange buffers this way: this boot, the same file
+    system at the arena directory, and the user. "" when there is none (not Linux)."""
     directory = directory or settings.SHM_DIR
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
@@ -69,7 +69,7 @@ def host_identity(directory: str | None = None) -> str:
         st = os.stat(directory)
     except OSError:
         return ""
-    return f"{boot}:{st.st_dev}:{st.st_ino}"
+    return f"{boot}:{st.st_dev}:{st.st_ino}:{os.geteuid()}"     # another user cannot open ours
 
 
 class _Arena:
@@ -119,6 +119,7 @@ class Segments:
         self.failed = False              # the file system refused once: said so already
         self.closed = False
         self.link = None                 # set by the link: where SHM_FREE notes go
+        _start_sender()                  # now, not from a finalizer (see _release_later)
 
     # -- sending -----------------------------------------------------------------------------
     def export(self, buffer: memoryview) -> bytes | None:
@@ -196,7 +197,7 @@ class Segments:
             raise ValueError(f"slot {offset}+{length} lies outside arena {number}")
         memory = mmap.mmap(fd, length, flags=mmap.MAP_SHARED | _MAP_POPULATE,
                            prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)
-        weakref.finalize(memory, _release_later, self, place)
+        weakref.finalize(memory, _release_later, self, place).atexit = False
         return memory
 
     def _open(self, number: int) -> int:
@@ -237,8 +238,13 @@ _sender_lock = threading.Lock()
 
 
 def _release_later(segments: Segments, place: bytes) -> None:
-    global _sender
+    """A mapping was freed (a finalizer: any thread, maybe inside the GC holding any lock):
+    only queue the note; no lock, no I/O."""
     _freed.put((segments, place))
+
+
+def _start_sender() -> None:
+    global _sender
     if _sender is None:
         with _sender_lock:
             if _sender is None:

@@ -230,7 +230,7 @@ def _serve_by_default(_added: list[int]) -> None:
         return
     try:
         serve_status()
-    except OSError as err:
+    except (OSError, RuntimeError) as err:           # RuntimeError: no home directory
         log.warning("pydist: `pydist status` will not see this cluster: %s (PYDIST_STATUS=0 "
                     "silences this)", err)
 

@@ -344,6 +344,15 @@ class Link:
                 pass                        # already signalled
         return reply
 
+    def abandon(self, reply: Reply) -> None:
+        """The caller stopped waiting for `reply` (a timeout): its late answer is dropped, and
+        it no longer counts as a call in flight (lock-step, MAX_PENDING_CALLS)."""
+        with self._pending_lock:
+            for call_id, pending in self._pending.items():
+                if pending is reply:
+                    del self._pending[call_id]
+                    return
+
     # -- receiving -------------------------------------------------------------------------
     def read_frame(self):
         """Read one frame: (kind, mode, rrid, msg_id, body, buffers). Raises on bad input."""

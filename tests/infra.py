@@ -118,6 +118,33 @@ def slurm_running(partition: str = SLURM_PARTITION) -> bool:
     return any(s in ("idle", "mix", "alloc", "comp") for s in r.stdout.split())
 
 
+# --- Slurm in containers (.ci/slurm-multinode.sh) ---------------------------
+SLURM_MN_DIR = CI_WORK / "slurm-mn"
+SLURM_MN_CONF = SLURM_MN_DIR / "etc" / "slurm.conf"   #: SLURM_CONF for the host's client
+SLURM_MN_SHARED = SLURM_MN_DIR / "shared"   #: mounted at the same path on both nodes
+SLURM_MN_NODES = ("mn-node1", "mn-node2")   #: hostnames; containers pydist-<name>
+SLURM_MN_GATEWAY = "172.30.213.1"           #: this host on the nodes' network
+SLURM_MN_PYTHON = "/opt/pydist/bin/python"  #: the interpreter with pydist on the nodes
+
+
+def slurm_multinode_running() -> bool:
+    """The containers' slurmctld answers and both nodes are up."""
+    r = _run(["env", f"SLURM_CONF={SLURM_MN_CONF}", "sinfo", "-h", "-N", "-p", "mn", "-o", "%N %t"])
+    if r is None or r.returncode != 0:
+        return False
+    up = {line.split()[0] for line in r.stdout.splitlines() if line.split()[-1] in ("idle", "mix", "alloc")}
+    return up == set(SLURM_MN_NODES)
+
+
+def sge_running() -> bool:
+    """sge_qmaster answers and this host's sge_execd reports load (.ci/sge.sh)."""
+    r = _run(["qhost", "-h", socket.gethostname()], timeout=10)
+    if r is None or r.returncode != 0:
+        return False
+    return any(line.split()[0] == socket.gethostname() and line.split()[6] != "-"
+               for line in r.stdout.splitlines()[3:] if len(line.split()) > 6)
+
+
 def require(condition: bool, what: str) -> None:
     """Skip the test when ``condition`` is false, naming ``what`` is missing;
     in CI (``CI=true``) fail it instead: there the set-up must provide it."""

@@ -4,6 +4,7 @@ Ctrl-C is tested as a user meets it: a real SIGINT to a real master process, and
 interrupt character typed into the terminal (a pty) of an interactive Python session."""
 
 import concurrent.futures
+import math
 import fcntl
 import os
 import pty
@@ -255,3 +256,73 @@ def test_ctrl_c_typed_in_a_terminal_stops_pmap_and_its_progress_bar(tmp_path):
             pass
         os.waitpid(pid, 0)
         os.close(fd)
+
+
+def _pid_after(seconds):
+    import os
+    time.sleep(seconds)
+    return os.getpid()
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_slow_elements_spread_over_idle_workers_first(cluster, n):
+    """Nothing waits behind a slow element while a worker is idle (Julia: each free worker
+    takes the next element)."""
+    ran_on = pmap(_pid_after, [0.3] * n)
+    per_worker = sorted(ran_on.count(p) for p in set(ran_on))
+    assert len(set(ran_on)) == 2 and per_worker[-1] == math.ceil(n / 2), ran_on
+
+
+def _wait_for_the_next(rc, i):
+    if i == 0:
+        return take(rc, timeout=30)          # filled by element 1, on the other worker
+    put(rc, "from 1")
+    return "put"
+
+
+def test_an_element_waiting_for_the_next_one_gets_it_from_another_worker(cluster):
+    rc = RemoteChannel(1, 1)
+    assert pmap(_wait_for_the_next, [rc, rc], [0, 1]) == ["from 1", "put"]
+
+
+class SlowToSend:
+    """Pickling it anywhere but where it was made takes 2 s: an owner that answers late."""
+
+    def __init__(self):
+        import os
+        self.made_in = os.getpid()
+
+    def __reduce__(self):
+        import os
+        if os.getpid() != self.made_in:
+            time.sleep(2)
+        return (_remade, (self.made_in,))
+
+
+def _remade(made_in):
+    item = SlowToSend.__new__(SlowToSend)
+    item.made_in = made_in
+    return item
+
+
+def test_an_item_the_owner_gives_a_take_that_gave_up_is_put_back(cluster):
+    rc = RemoteChannel(cluster[0], 10)
+    rc.put(SlowToSend())
+    with pytest.raises(TimeoutError):
+        take(rc, timeout=0.1)                 # the owner takes it, but answers after 2 s
+    assert isinstance(take(rc, timeout=30), SlowToSend)   # back in the channel, not lost
+
+
+def test_a_distributed_task_can_be_waited_for_with_a_timeout(cluster):
+    from pydist import distributed
+    task = distributed(_sleep, [0.5, 0.5])
+    with pytest.raises(TimeoutError):
+        wait(task, timeout=0.05)
+    assert wait(task, timeout=30) is task
+
+
+def test_a_timed_out_call_no_longer_counts_as_in_flight(cluster):
+    from pydist.process import STATE
+    with pytest.raises(TimeoutError):
+        remotecall_fetch(_sleep, cluster[0], 0.5, timeout=0.01)
+    assert not STATE.links[cluster[0]]._pending

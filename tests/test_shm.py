@@ -176,6 +176,23 @@ def test_workers_on_one_host_share_memory_with_each_other(shared):
     assert remotecall_fetch(_shares_memory_with, a, b) and remotecall_fetch(_shares_memory_with, b, a)
 
 
+def test_links_made_while_workers_join_agree_on_shared_memory(monkeypatch):
+    """lazy=False: a joining worker dials peers that do not know it yet; both ends of each
+    link still agree, and a large array crosses it."""
+    monkeypatch.setattr(settings, "SHM_BYTES", 1)
+    remove_all_workers()
+    try:
+        a, b, c = addprocs(3, lazy=False, env=EVERYTHING)
+        array = np.arange(2 << 20, dtype=np.float64)
+        for x, y in ((c, a), (a, c), (b, a), (c, b)):
+            assert remotecall_fetch(_shares_memory_with, x, y)
+            size, again = remotecall_fetch(lambda arr, peer: remotecall_fetch(_size_and_echo, peer, arr),
+                                           x, array, y)
+            assert size == array.nbytes and np.array_equal(again, array)
+    finally:
+        remove_all_workers()
+
+
 def _arenas_received():
     from pydist.process import STATE
     return len(STATE.links[1].segments.received)
@@ -190,3 +207,21 @@ def test_idle_arenas_past_the_keep_limit_are_given_back(shared, monkeypatch):
     wait_until(lambda: not segments.arenas, 10, "the idle arenas to be dropped")
     wait_until(lambda: remotecall_fetch(_arenas_received, shared[0]) == 0, 10,
                "the worker to close its descriptors")
+
+
+def _hold_result(n):
+    return np.ones(n, dtype=np.uint8)
+
+
+def test_arrays_the_master_keeps_do_not_count_against_a_workers_memory_limit(monkeypatch):
+    """Results sent back through shared memory stay in the worker's arena while the master
+    holds them: the limit counts the worker's own heap only."""
+    monkeypatch.setattr(settings, "SHM_BYTES", 1)
+    remove_all_workers()
+    try:
+        [w] = addprocs(1, memory_limit="200MB")
+        kept = [remotecall_fetch(_hold_result, w, 60 << 20) for _ in range(5)]   # 300 MB in all
+        assert sum(a.nbytes for a in kept) > 200 << 20
+        assert remotecall_fetch(_hold_result, w, 10).sum() == 10     # still alive
+    finally:
+        remove_all_workers()

@@ -199,7 +199,7 @@ def _on_join(link: Link, join: dict) -> None:
     me = WorkerInfo(STATE.myid, host, port, STATE.hostname, os.getpid(), STATE.shm)
     add_members([me])
     link.send(Kind.JOINED, dumps(me)[0])
-    register_link(link)
+    register_link(link, join["master"].shm)
     STATE.joined.set()
 
 

@@ -1,10 +1,12 @@
 """A worker's memory limit (`addprocs(..., memory_limit="2GB")`), as Dask's nanny keeps one.
 
 The thread `pydist-memory` (started at JOIN when a limit is set) reads the worker's resident
-memory every CHECK_SECONDS.  Past the limit the worker tells the master why, prints it on
-stderr and exits: its calls fail with ProcessExitedException naming the limit, and with
-`restart=True` a fresh worker replaces it.  The worker watches itself, so the limit works
-the same for every manager (local, SSH, containers, pods, batch jobs).
+anonymous memory (its heap: not the shared-memory arenas whose pages another process's
+arrays may keep alive, nor mapped files) every CHECK_SECONDS.  Past the limit the worker
+tells the master why, prints it on stderr and exits: its calls fail with
+ProcessExitedException naming the limit, and with `restart=True` a fresh worker replaces
+it.  The worker watches itself, so the limit works the same for every manager (local, SSH,
+containers, pods, batch jobs).
 """
 
 from __future__ import annotations
@@ -17,14 +19,14 @@ from ..messages import Mode
 from ..process import STATE, note_exit, send_call
 
 # Between two reads a growing worker can overshoot by what it allocates in this time; a read
-# of /proc/self/statm costs ~10 µs, so checking ten times a second costs nothing measurable.
+# of /proc/self/status costs ~20 µs, so checking ten times a second costs nothing measurable.
 CHECK_SECONDS = 0.1
 EXIT_CODE = 3           # the worker's exit status when it leaves over its limit
 
 
 def watch(limit: int) -> None:
     """Start watching this process's resident memory against `limit` bytes (Linux only)."""
-    if not os.path.exists("/proc/self/statm"):
+    if not os.path.exists("/proc/self/status"):
         print(f"pydist worker {STATE.myid}: memory_limit needs /proc (Linux); not enforced",
               file=sys.stderr, flush=True)
         return
@@ -32,8 +34,12 @@ def watch(limit: int) -> None:
 
 
 def resident_bytes() -> int:
-    with open("/proc/self/statm", "rb") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    """This process's resident anonymous memory (RssAnon), in bytes."""
+    with open("/proc/self/status", "rb") as status:
+        for line in status:
+            if line.startswith(b"RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def _watch(limit: int) -> None:

@@ -8,10 +8,7 @@ Workers dial 127.0.0.1 only.  The node has 2 CPUs, so no test asks for more than
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-import secrets
 import stat
 import subprocess
 import sys
@@ -19,34 +16,24 @@ from pathlib import Path
 
 import pytest
 
+import batch_contract as contract
+from batch_contract import Batch, leaves_nothing_behind
 from conftest import wait_until
 from infra import require, slurm_running      # tests/ is on sys.path (no tests/__init__.py)
 
 from pydist.managers.slurm import SlurmManager
 import pydist.cluster
-from pydist import (LaunchError, addprocs, cluster_cookie, default_addprocs_params, myid, pmap, remotecall,
-                    remotecall_fetch, rmprocs, workers)
+from pydist import (LaunchError, addprocs, cluster_cookie, default_addprocs_params, myid, pmap, remotecall_fetch,
+                    rmprocs, workers)
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "slurm"
-SQUEUE_PERIOD = 0.5      # how often the tests' own waits ask squeue
-
-
-def wait_for(condition, timeout: float, what: str, period: float = SQUEUE_PERIOD):
-    """wait_until, asking squeue at most every SQUEUE_PERIOD s."""
-    return wait_until(condition, timeout, what, period)
 
 
 def squeue_ids(job_name: str) -> list[str]:
     out = subprocess.run(["squeue", "-h", "-n", job_name, "-o", "%i"], capture_output=True,
                          text=True, timeout=30, check=True).stdout
     return out.split()
-
-
-def remove_workers() -> None:
-    ids = [p for p in workers() if p != 1]
-    if ids:
-        rmprocs(*ids, waitfor=30)
 
 
 # -- job_script(): no Slurm needed -------------------------------------------------------------
@@ -122,55 +109,38 @@ def test_slurm_manager_without_n_outside_an_allocation_says_what_to_pass(monkeyp
 # -- real Slurm --------------------------------------------------------------------------------
 @pytest.fixture
 def slurm(tmp_path):
-    """A job name and output directory of this test's own; afterwards no job under that
-    name is left in squeue, no worker in the cluster and no cookie file on disk."""
+    """A job name and output directory of this test's own (batch_contract.leaves_nothing_behind)."""
     require(slurm_running(), "Slurm is not running (bash .ci/slurm.sh start)")
-    name = f"pydist-test-{secrets.token_hex(3)}"
-    remove_workers()
-    yield name, tmp_path
-    remove_workers()
-    try:        # a job being cancelled is still listed (COMPLETING) for a moment
-        wait_for(lambda: not squeue_ids(name), 30, f"the jobs named {name} to leave squeue")
-    except AssertionError:
-        left = squeue_ids(name)
-        subprocess.run(["scancel", *left], timeout=30)
-        raise AssertionError(f"the test left Slurm jobs {left} behind (now cancelled)") from None
-    assert not list(tmp_path.glob("*.cookie")), "a cookie file was left behind"
+    batch = Batch(SlurmManager, squeue_ids, "scancel", "SLURM_JOB_ID",
+                  dict(join_host="127.0.0.1", output_dir=str(tmp_path), time="5", poll_interval=0.5,
+                       queue_timeout=60, worker_timeout=30))
+    with leaves_nothing_behind(batch, tmp_path):
+        yield batch, tmp_path
 
 
 def manager(slurm, **options) -> SlurmManager:
-    name, tmp = slurm
-    settings = dict(join_host="127.0.0.1", output_dir=str(tmp), job_name=name, time="5",
-                    poll_interval=0.5, queue_timeout=60, worker_timeout=30)
-    return SlurmManager(**{**settings, **options})
+    return slurm[0].manager(**options)
 
 
 @pytest.mark.slurm
 def test_slurm_workers_compute_call_each_other_and_rmprocs_cancels_the_job(slurm):
-    name, tmp = slurm
+    batch, tmp = slurm
     ids = addprocs(manager(slurm, n=2))
     assert len(ids) == 2 and workers() == ids
-    [job] = squeue_ids(name)
+    [job] = batch.jobs()
     cookie = next(tmp.glob("*.cookie"))
     assert stat.S_IMODE(cookie.stat().st_mode) == 0o600
     assert pmap(lambda x: x * x, range(8)) == [x * x for x in range(8)]
     assert remotecall_fetch(lambda: os.environ["SLURM_JOB_ID"], ids[0]) == job
     assert remotecall_fetch(lambda peer: remotecall_fetch(myid, peer), ids[0], ids[1]) == ids[1]
     rmprocs(*ids).wait(30)
-    wait_for(lambda: not squeue_ids(name), 30, f"job {job} to leave squeue after rmprocs")
+    batch.wait_until_gone(f"job {job} to leave squeue after rmprocs")
     assert not cookie.exists()
 
 
 @pytest.mark.slurm
 def test_a_worker_whose_job_is_cancelled_is_replaced_by_a_new_job_with_restart(slurm):
-    name, _tmp = slurm
-    [first] = addprocs(manager(slurm, n=1), restart=True)
-    [job] = squeue_ids(name)
-    subprocess.run(["scancel", job], check=True, timeout=30)
-    [second] = wait_until(lambda: [p for p in workers() if p not in (1, first)] or None, 60,
-                          "a replacement job's worker")
-    [new_job] = wait_for(lambda: [j for j in squeue_ids(name) if j != job] or None, 30, "the new job")
-    assert remotecall_fetch(lambda: os.environ["SLURM_JOB_ID"], second) == new_job
+    contract.cancelled_job_is_replaced_by_a_new_job_with_restart(slurm[0])
 
 
 def test_slurm_manager_inside_an_allocation_refuses_restart(monkeypatch):
@@ -182,96 +152,31 @@ def test_slurm_manager_inside_an_allocation_refuses_restart(monkeypatch):
 
 @pytest.mark.slurm
 def test_slurm_job_outlives_a_removed_worker_until_the_last_one_goes(slurm):
-    name, _tmp = slurm
-    first, second = addprocs(manager(slurm, n=2))
-    rmprocs(first).wait(30)
-    assert remotecall_fetch(myid, second) == second       # its task still runs
-    assert squeue_ids(name)
-    rmprocs(second).wait(30)
-    wait_for(lambda: not squeue_ids(name), 30, "the job to leave squeue after its last worker")
-
-
-MASTER = """
-import os, signal, sys
-from pydist import addprocs
-from pydist.managers.slurm import SlurmManager
-import pydist.cluster
-addprocs(SlurmManager(n=1, join_host="127.0.0.1", output_dir=sys.argv[2], job_name=sys.argv[3],
-                      time="5", poll_interval=0.5, queue_timeout=60, worker_timeout=30))
-print("ready", flush=True)
-if sys.argv[1] == "sigkill":
-    os.kill(os.getpid(), signal.SIGKILL)      # no atexit: the workers notice the lost link
-"""
+    contract.job_outlives_a_removed_worker_until_the_last_one_goes(slurm[0])
 
 
 @pytest.mark.slurm
 @pytest.mark.parametrize("how", ["exit", "sigkill"])
 def test_slurm_job_ends_within_30_s_when_the_master_exits(slurm, how):
-    name, tmp = slurm
-    master = subprocess.run([sys.executable, "-c", MASTER, how, str(tmp), name], capture_output=True,
-                            text=True, timeout=90)
-    assert "ready" in master.stdout, master.stderr
-    wait_for(lambda: not squeue_ids(name), 30, f"the job to end after the master's {how}")
-    wait_for(lambda: not list(tmp.glob("*.cookie")), 5, "the job's cookie file to be removed")
-
-
-DRIVER = """
-import json, os, sys
-from pydist import addprocs, myid, pmap, remotecall_fetch, rmprocs
-from pydist.managers import SlurmManager
-ids = addprocs(SlurmManager(join_host="127.0.0.1", output_dir=sys.argv[2], poll_interval=0.5))
-result = {"ids": ids, "squares": pmap(lambda x: x * x, range(6)),
-          "jobs": [remotecall_fetch(lambda: os.environ["SLURM_JOB_ID"], p) for p in ids],
-          "peer": remotecall_fetch(lambda p: remotecall_fetch(myid, p), ids[0], ids[-1]),
-          "master_job": os.environ["SLURM_JOB_ID"]}
-rmprocs(*ids).wait(30)
-with open(sys.argv[1], "w") as f:
-    json.dump(result, f)
-"""
+    batch, tmp = slurm
+    contract.job_ends_within_30_s_when_the_master_exits(batch, how, tmp)
 
 
 @pytest.mark.slurm
 def test_slurm_manager_inside_an_allocation_starts_one_worker_per_task(slurm):
-    name, tmp = slurm
-    (tmp / "driver.py").write_text(DRIVER)
-    result = tmp / "result.json"
-    job = subprocess.run(
-        ["sbatch", "--parsable", "--ntasks=2", "--time=5", f"--job-name={name}",
-         f"--output={tmp}/driver-%j.out", str(DEPLOY / "driver.sbatch"), str(tmp / "driver.py"),
-         str(result), str(tmp)],
-        env={**os.environ, "PYDIST_PYTHON": sys.executable}, capture_output=True, text=True,
-        timeout=30, check=True).stdout.strip()
-    wait_for(lambda: not squeue_ids(name), 60, f"driver job {job} to finish")
-    output = "".join(p.read_text() for p in tmp.glob("driver-*.out"))
-    assert result.exists(), f"the driver wrote no result; its output:\n{output}"
-    got = json.loads(result.read_text())
-    assert got["ids"] == [2, 3] and got["peer"] == 3
-    assert got["squares"] == [0, 1, 4, 9, 16, 25]
-    assert got["jobs"] == [job, job] == [got["master_job"]] * 2
+    batch, tmp = slurm
+    contract.manager_inside_a_job_starts_one_worker_per_task(batch, tmp, [
+        "sbatch", "--parsable", "--ntasks=2", "--time=5", f"--job-name={batch.name}",
+        f"--output={tmp}/driver-%j.out", str(DEPLOY / "driver.sbatch")])
 
 
 @pytest.mark.slurm
 def test_worker_array_joins_an_elastic_master(slurm):
-    from pydist.managers.elastic import ElasticManager
-    name, tmp = slurm
-    elastic = ElasticManager(n=2, host="127.0.0.1", port=0, timeout=60)
-    host, port = elastic.address
-    cookie = tmp / "elastic.cookie.txt"
-    fd = os.open(cookie, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.write(fd, cluster_cookie().encode())
-    os.close(fd)
-    env = {**os.environ, "PYDIST_HEAD": f"{'127.0.0.1' if host == '0.0.0.0' else host}:{port}",
-           "PYDIST_COOKIE_FILE": str(cookie), "PYDIST_PYTHON": sys.executable}
-    job = subprocess.run(["sbatch", "--parsable", "--array=0-1", "--time=5", f"--job-name={name}",
-                          f"--output={tmp}/workers-%A_%a.out", str(DEPLOY / "workers.sbatch")],
-                         env=env, capture_output=True, text=True, timeout=30, check=True).stdout.strip()
-    ids = addprocs(elastic)
-    assert len(ids) == 2
-    tasks = sorted(remotecall_fetch(lambda: os.environ["SLURM_ARRAY_TASK_ID"], p) for p in ids)
-    assert tasks == ["0", "1"]
-    assert remotecall_fetch(lambda: os.environ["SLURM_ARRAY_JOB_ID"], ids[0]) == job
-    rmprocs(*ids).wait(30)
-    wait_for(lambda: not squeue_ids(name), 30, f"array job {job} to end after rmprocs")
+    batch, tmp = slurm
+    contract.worker_array_joins_an_elastic_master(
+        batch, tmp, ["sbatch", "--parsable", "--array=0-1", "--time=5", f"--job-name={batch.name}",
+                     f"--output={tmp}/workers-%A_%a.out", str(DEPLOY / "workers.sbatch")],
+        "127.0.0.1", "SLURM_ARRAY_TASK_ID", ["0", "1"], "SLURM_ARRAY_JOB_ID")
 
 
 @pytest.mark.slurm
@@ -284,10 +189,7 @@ def test_invalid_partition_fails_with_sbatchs_message(slurm):
 
 @pytest.mark.slurm
 def test_job_pending_past_queue_timeout_is_cancelled_with_its_reason(slurm):
-    name, _tmp = slurm
-    with pytest.raises(LaunchError, match=r"stayed pending \(BeginTime\) for 3 s and was cancelled"):
-        addprocs(manager(slurm, n=1, sbatch_args=["--begin=now+1hour"], queue_timeout=3))
-    assert not squeue_ids(name)
+    contract.job_pending_past_queue_timeout_is_cancelled(slurm[0], "BeginTime", sbatch_args=["--begin=now+1hour"])
 
 
 @pytest.mark.slurm
@@ -296,24 +198,12 @@ def test_job_pending_past_queue_timeout_is_cancelled_with_its_reason(slurm):
     ({}, {"exename": "/nonexistent/python3"}, "/nonexistent/python3: not found"),
 ])
 def test_workers_failing_at_start_show_the_tail_of_the_jobs_output(slurm, options, addprocs_kw, shown):
-    name, _tmp = slurm
-    with pytest.raises(LaunchError, match="the job ended .* before they joined") as caught:
-        addprocs(manager(slurm, n=1, **options), **addprocs_kw)
-    assert shown in str(caught.value)
-    assert not squeue_ids(name)
+    contract.workers_failing_at_start_show_the_tail_of_the_jobs_output(slurm[0], options, addprocs_kw, shown)
 
 
 @pytest.mark.slurm
 def test_workers_are_removed_walltime_margin_seconds_before_the_time_limit(slurm, caplog):
-    name, _tmp = slurm
-    caplog.set_level(logging.WARNING, logger="pydist")
-    # A 1-minute job whose margin is 55 s: its worker is removed about 5 s after it starts.
-    [pid] = addprocs(manager(slurm, n=1, time="1", walltime_margin=55))
-    running = remotecall(lambda: (__import__("time").sleep(8), "finished")[1], pid)
-    wait_for(lambda: pid not in workers(), 40, f"worker {pid} to be removed at the walltime margin")
-    assert running.fetch() == "finished"          # the call it was running was let finish
-    wait_for(lambda: not squeue_ids(name), 30, "the job to be cancelled after its worker left")
-    assert "reaches its time limit" in caplog.text
+    contract.workers_are_removed_walltime_margin_seconds_before_the_limit(slurm[0], caplog, time="1")
 
 
 @pytest.mark.slurm
@@ -326,5 +216,5 @@ def test_walltime_margin_removes_all_of_a_jobs_workers_with_one_rmprocs(slurm, m
 
     monkeypatch.setattr(pydist.cluster, "rmprocs", recorded)   # retire_workers looks it up there
     ids = addprocs(manager(slurm, n=2, time="1", walltime_margin=55))
-    wait_for(lambda: not set(ids) & set(workers()), 40, f"workers {ids} to be removed at the walltime margin")
+    wait_until(lambda: not set(ids) & set(workers()), 40, f"workers {ids} to be removed at the walltime margin", 0.5)
     assert calls == [(sorted(ids),)]
