@@ -19,7 +19,6 @@ import functools
 import itertools
 import logging
 import operator
-import os
 import sys
 import threading
 from concurrent.futures import CancelledError
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, ParamSpec, SupportsIndex, TypeV
 from . import timings
 from .errors import CapturedException, remote_exception
 from .messages import NO_RRID, Kind, Mode
-from .process import STATE, internal, myid, result, send_call, workers
+from .process import STATE, exit_process, internal, myid, result, send_call, workers
 from .refs import RRID, Future, _Failed, _lookup, _refs, expect_push, fetch, store_outcome
 from .serialize import dumps, dumps_small, loads
 from .threads import release_reading
@@ -349,11 +348,7 @@ def _exit_process(code) -> None:
     """SystemExit in a call ends the worker (Julia: remote_do(exit, pid)); not the master."""
     if myid() == 1:
         raise SystemExit(code)
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    finally:
-        os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+    exit_process(code if isinstance(code, int) else (0 if code is None else 1))
 
 
 STATE.handlers[Kind.CALL] = _on_call

@@ -24,7 +24,7 @@ import threading
 from typing import Any
 
 from . import settings
-from .process import STATE, accept, internal, send_call
+from .process import STATE, accept, exit_process, internal, send_call
 from .messages import Mode
 from .transport import dial, open_listener, serve
 from .worker import parse_address
@@ -116,9 +116,7 @@ class ClusterManager(abc.ABC):
 
 @internal
 def _exit_now() -> None:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_process(0)
 
 
 

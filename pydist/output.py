@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TextIO
 
 from .calls import internal
+from .process import STATE
 from .worker import parse_address      # (worker.py imports this module only when it runs)
 
 # Starts a relayed line that the worker wrote to its stderr. A control character no text
@@ -129,6 +130,7 @@ def capture_output(send: Callable[[list[str]], None] | None = None) -> None:
     sys.stdout = LineWriter(out, emitter(out, ""))
     sys.stderr = LineWriter(err, emitter(err, STDERR_MARK))
     atexit.register(drain_output)
+    STATE.before_exit.append(drain_output)         # and when it leaves through exit_process
 
 
 def _one_pipe(out: TextIO, err: TextIO) -> bool:

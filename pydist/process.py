@@ -30,6 +30,7 @@ import ssl
 import sys
 import threading
 import time
+from typing import NoReturn
 
 from . import settings, shm, threads, transport
 from .errors import CapturedException, ProcessExitedException, RemoteException
@@ -76,6 +77,7 @@ class _State:
         self.joined = threading.Event()               # worker: the master has sent JOIN
         self.handlers: dict[Kind, object] = {}        # set by refs.py and calls.py
         self.exit_hooks: list = []                    # fn(pid), run once per exited peer
+        self.before_exit: list = []                   # fn(), run by exit_process (output.py)
         self.runner = threads.runner
         self.tls = None                               # tls.TLSConfig: wrap every link in TLS
         self._heartbeat: threading.Thread | None = None
@@ -373,10 +375,23 @@ def _master_gone(reason: str) -> None:
     try:
         if STATE.shm:
             shm.forget_cluster(STATE.cluster_id)
+    finally:
+        exit_process(0)
+
+
+def exit_process(code: int) -> NoReturn:
+    """End this worker now (os._exit: its threads may hold any lock, so no atexit, no
+    interpreter shutdown), after its unfinished output lines (STATE.before_exit hooks)."""
+    try:
+        for hook in list(STATE.before_exit):
+            try:
+                hook()
+            except Exception:
+                pass
         sys.stdout.flush()
         sys.stderr.flush()
     finally:
-        os._exit(0)
+        os._exit(code)
 
 
 def peer_exited(pid: int) -> None:

@@ -99,7 +99,7 @@ sys.meta_path.insert(0, _NotInstalled())
 
 def test_readme_snippets_run_after_the_readmes_install_line(tmp_path):
     readme = REPO / "README.md"
-    assert "pip install -e . && pydist demo" in readme.read_text()
+    assert "pip install -e . && python -m pydist demo" in readme.read_text()
     blocks = python_blocks(readme)
     assert blocks, "the README shows Python"
     runner = tmp_path / "run_readme.py"

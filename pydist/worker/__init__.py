@@ -32,7 +32,7 @@ from .._args import ArgumentParser
 from ..calls import interrupt_calls, interruptible_sleep
 from ..messages import Kind
 from ..process import (STATE, WorkerInfo, accept, add_members, cluster_cookie, configure_heartbeat,
-                       dial_peer, listen, on_close, on_frame, register_link, secure)
+                       dial_peer, exit_process, listen, on_close, on_frame, register_link, secure)
 from ..serialize import dumps, loads
 from ..handshake import HandshakeError, handshake
 from ..transport import Link, dial
@@ -70,11 +70,7 @@ def init_worker(cookie: str | None = None, manager=None) -> None:
 
 
 def _leave() -> None:
-    try:
-        from ..output import drain_output
-        drain_output()
-    finally:
-        os._exit(0)
+    exit_process(0)
 
 
 def start_worker(out: TextIO = sys.stdout, cookie: str | None = None, bind: str = "0.0.0.0",

@@ -16,7 +16,7 @@ import sys
 import threading
 
 from ..messages import Mode
-from ..process import STATE, note_exit, send_call
+from ..process import STATE, exit_process, note_exit, send_call
 
 # Between two reads a growing worker can overshoot by what it allocates in this time; a read
 # of /proc/self/status costs ~20 µs, so checking ten times a second costs nothing measurable.
@@ -58,5 +58,4 @@ def _leave(reason: str) -> None:
         STATE.links[1].flush()          # out before the process is
     except Exception:
         pass                # the master is gone: nobody to tell
-    sys.stdout.flush()
-    os._exit(EXIT_CODE)
+    exit_process(EXIT_CODE)
