@@ -26,12 +26,14 @@ if not any(isinstance(finder, _CheckoutManagers) for finder in sys.meta_path):
 from .calls import (fetchany, fetchfrom, remote_do, remotecall, remotecall_fetch, remotecall_wait,
                     spawn, spawnat)
 from .channel import Channel
-from .cluster import addprocs, interrupt, rmprocs
+from .cluster import addprocs, interrupt
+from .removal import rmprocs
 from .everywhere import everywhere
 from .executor import Executor
 from .errors import (CapturedException, InvalidStateError, LaunchError, ProcessExitedException,
                      RemoteException)
-from .pmap import distributed, pmap
+from .distributed import distributed
+from .pmap import pmap
 from .pools import (AbstractWorkerPool, CachingPool, WorkerPool, clear, default_worker_pool,
                     remote)
 from .manager import ClusterManager, WorkerConfig, default_addprocs_params

@@ -28,7 +28,8 @@ from . import timings
 from .errors import CapturedException, remote_exception
 from .messages import NO_RRID, Kind, Mode
 from .process import STATE, exit_process, internal, myid, result, send_call, workers
-from .refs import RRID, Future, _Failed, _lookup, _refs, expect_push, fetch, store_outcome
+from .owners import RRID, _Failed, _lookup, _refs, store_outcome
+from .refs import Future, expect_push, fetch
 from .serialize import dumps, dumps_small, loads
 from .threads import release_reading
 

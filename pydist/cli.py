@@ -210,7 +210,8 @@ def _run(argv: list[str]) -> int:
     else:
         sys.path.insert(0, path0)
 
-    from .cluster import addprocs, rmprocs
+    from .cluster import addprocs
+    from .removal import rmprocs
     from .errors import LaunchError
     if opts.no_status:
         settings.STATUS = False

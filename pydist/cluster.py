@@ -1,22 +1,16 @@
-"""The master's side of the cluster: addprocs, rmprocs, interrupt (Julia: cluster.jl).
+"""The master's side of the cluster: the workers' registry, addprocs, interrupt (Julia:
+cluster.jl); workers leaving (rmprocs, deaths, restarts, the master's exit) are removal.py's.
 
 `addprocs` runs the manager's `launch` on a thread (`pydist-launch`) and sets up every
 launched worker on a thread of its own (`pydist-setup-<n>`) as soon as it appears: read its
 address line, connect, authenticate, send JOIN, wait for JOINED, register.  So n workers
 start in parallel.  When all are in, every worker is sent the full membership table; only
-then does addprocs return, so old and new workers can call each other.
+then does addprocs return, so old and new workers can call each other.  `restart=...` puts
+the workers of one call in a restart group (`_RestartGroup`: its keywords and how many
+restarts are left), which removal.py uses when one of them dies.
 
 Worker output read from `WorkerConfig.io` is relayed by an `output.OutputRelay`, a thread per
 worker (`pydist-output-<what>`), each line prefixed `From worker N:`.
-
-Workers that come back.  `addprocs(..., restart=True)` puts the workers it starts in a
-restart group: when one of them exits without being removed (it crashed, was killed, went
-over its `memory_limit`, or stopped answering heartbeats), a thread `pydist-restart-<pid>`
-asks its manager for a replacement (`ClusterManager.replacement`) and adds it with the same
-keywords, under a new id, so the default pool, `everywhere(..., new_workers=True)` code and
-log settings reach it as they reach any new worker.  A group restarts at most
-`RESTART_LIMIT` workers (or the number given as `restart=`), so a worker that dies at start
-does not restart forever.
 """
 
 from __future__ import annotations
@@ -25,13 +19,11 @@ import atexit
 import enum
 import itertools
 import logging
-import math
 import re
 import shlex
 import sys
 import threading
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +34,7 @@ from .manager import ClusterManager, WorkerConfig, default_addprocs_params, reap
 from .messages import Kind, Mode
 from .output import OutputRelay, stream_lines
 from .process import (STATE, WorkerInfo, add_members, cluster_cookie, myid, configure_heartbeat,
-                      on_close, on_frame, peer_exited, result, secure, send_call, share_memory,
+                      on_close, on_frame, result, secure, send_call, share_memory,
                       start_heartbeat, workers)
 from .serialize import dumps, loads
 from .handshake import handshake
@@ -89,7 +81,6 @@ _registry: dict[int, _Worker] = {}      # pid -> worker, on the master; guarded 
 _pids = itertools.count(2)              # ids are never reused while the master lives
 _addprocs_lock = threading.Lock()       # addprocs runs one at a time (Julia: worker_lock)
 _added_hooks: list = []                 # fn(pids) after workers joined (default pool)
-_exiting = False                        # the master is shutting down: nothing restarts
 
 
 # -- addprocs -----------------------------------------------------------------------------------
@@ -236,8 +227,9 @@ _master_ready = False
 def _ensure_master_setup() -> None:
     global _master_ready
     if not _master_ready:
-        STATE.exit_hooks.append(_on_worker_exit)
-        atexit.register(_shutdown)
+        from .removal import on_worker_exit, shutdown     # removal.py builds on this module
+        STATE.exit_hooks.append(on_worker_exit)
+        atexit.register(shutdown)
         _master_ready = True
 
 
@@ -448,119 +440,6 @@ def on_each(pids: list[int], func, *args, timeout: float | None = None) -> None:
             failed(pid, err)
 
 
-# -- workers leaving --------------------------------------------------------------------------
-@internal
-def _forget(pid: int) -> None:
-    peer_exited(pid)
-
-
-def _on_worker_exit(pid: int) -> None:
-    """Exit hook on the master: deregister the worker and tell every other worker."""
-    with STATE.cond:
-        worker = _registry.get(pid)
-        if worker is None or worker.state is WorkerState.EXITED:
-            return
-        died = worker.state is WorkerState.RUNNING          # not removed by rmprocs
-        worker.state = WorkerState.EXITED
-        others = [p for p, w in _registry.items() if w.state is WorkerState.RUNNING]
-    on_each(others, _forget, pid)
-    try:
-        worker.manager.manage(pid, worker.config, "deregister")
-    except Exception:
-        log.exception("pydist: manage(%s, 'deregister') failed", pid)
-    worker.gone.set()
-    if died and worker.group is not None and not _exiting:
-        threading.Thread(target=_replace, args=(worker,), name=f"pydist-restart-{pid}",
-                         daemon=True).start()
-
-
-def _replace(worker: _Worker) -> None:
-    """Start a worker in place of `worker`, which died (restart=True)."""
-    group = worker.group
-    with STATE.cond:
-        if group.restarts_left <= 0:
-            log.warning("pydist: worker %s died and is not replaced: its addprocs group used up "
-                        "its restarts (restart=...)", worker.pid)
-            return
-        group.restarts_left -= 1
-    try:
-        manager = worker.manager.replacement(worker.config)
-        params = _params_for(manager, group.keywords)
-        added = _add(manager, params, group)
-    except Exception as err:
-        log.error("pydist: worker %s died and its replacement could not start: %s", worker.pid, err)
-        return
-    log.warning("pydist: worker %s died; worker %s replaces it", worker.pid, ", ".join(map(str, added)))
-
-
-class RemovalTask:
-    """What rmprocs returns: `.wait()` blocks until the workers are gone (Julia: the Task)."""
-
-    def __init__(self, pids: list[int]):
-        self.pids = pids
-        self._thread = threading.Thread(target=self._run, name="pydist-rmprocs", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        threads = [threading.Thread(target=_remove_one, args=(p,), daemon=True) for p in self.pids]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-
-    def wait(self, timeout: float | None = None) -> "RemovalTask":
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise TimeoutError(f"rmprocs: workers {self.pids} not terminated after {timeout} seconds")
-        return self
-
-    def done(self) -> bool:
-        return not self._thread.is_alive()
-
-
-def _remove_one(pid: int) -> None:
-    with STATE.cond:
-        worker = _registry.get(pid)
-        if worker is None or worker.state is not WorkerState.TERMINATING:
-            return
-    try:
-        worker.manager.kill(pid, worker.config)
-    except Exception:
-        log.exception("pydist: killing worker %s failed", pid)
-    with STATE.cond:
-        link = STATE.links.get(pid)
-    if link is not None:
-        link.close("removed by rmprocs")
-    peer_exited(pid)
-    _on_worker_exit(pid)
-    worker.gone.wait(settings.EXIT_TIMEOUT)     # the others have forgotten it (maybe on another thread)
-    try:
-        worker.manager.manage(pid, worker.config, "finalize")
-    except Exception:
-        log.exception("pydist: manage(%s, 'finalize') failed", pid)
-
-
-def rmprocs(*pids, waitfor: float = math.inf) -> RemovalTask:
-    """Remove workers (Julia: rmprocs). Waits up to `waitfor` seconds (0: not at all);
-    returns a task whose `.wait()` blocks until they are gone. Process 1 is never removed."""
-    if myid() != 1:
-        raise RuntimeError(f"rmprocs can only be called on process 1, not on process {myid()}")
-    flat: list[int] = []
-    for p in pids:
-        flat.extend(p if isinstance(p, (list, tuple, set)) else [p])
-    if 1 in flat:
-        warnings.warn("rmprocs: process 1 is the master and is not removed", stacklevel=2)
-    with STATE.cond:
-        targets = sorted(p for p in set(flat) if p != 1 and p in _registry
-                         and _registry[p].state is WorkerState.RUNNING)
-        for p in targets:                  # leaving together: none is told about another
-            _registry[p].state = WorkerState.TERMINATING
-    task = RemovalTask(targets)
-    if waitfor > 0:
-        task.wait(None if math.isinf(waitfor) else waitfor)
-    return task
-
-
 def interrupt(*pids) -> None:
     """Raise KeyboardInterrupt in the calls running on the given workers (default: all)."""
     if myid() != 1:
@@ -580,21 +459,3 @@ def registry() -> dict[int, _Worker]:
     """The master's workers by id (for managers and status tools)."""
     with STATE.cond:
         return dict(_registry)
-
-
-def _shutdown() -> None:
-    """At master exit: close every link (workers exit on losing it) and reap local processes."""
-    global _exiting
-    _exiting = True
-    with STATE.cond:
-        links = list(STATE.links.values())
-        workers_ = list(_registry.values())
-    for link in links:
-        link.close("the master is exiting")
-    for worker in workers_:
-        process = worker.config.process
-        if process is not None:
-            try:
-                process.wait(2.0)
-            except Exception:
-                stop_process(process)

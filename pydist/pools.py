@@ -294,7 +294,8 @@ def retire_workers(pids: list[int], timeout: float) -> None:
     """Let workers leave cleanly (a batch job's walltime about to run out): the default pool
     lends them no more, the calls they run may finish (up to `timeout` seconds, waited for
     on all of them at once), then one rmprocs removes them together."""
-    from .cluster import on_each, rmprocs
+    from .cluster import on_each
+    from .removal import rmprocs
     from .calls import wait_idle
     pool = default_worker_pool()
     for pid in pids:

@@ -23,7 +23,7 @@ from conftest import wait_until
 from pydist import (Channel, Future, RemoteChannel, RemoteException, fetch, pmap, put, remotecall,
                     remotecall_fetch, take, wait)
 from pydist.calls import wait_idle
-from pydist.refs import _refs
+from pydist.owners import _refs
 
 
 def _sleep(seconds):

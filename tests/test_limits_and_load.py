@@ -95,7 +95,7 @@ def test_many_calls_and_channel_traffic_leave_the_reference_tables_empty(cluster
     megabytes = int(os.environ.get("PYDIST_SOAK_MB", "160"))
     a, b = cluster
     rss_before = {pid: remotecall_fetch(_rss_mb, pid) for pid in (1, a, b)}
-    table_size = lambda: len(__import__("pydist.refs").refs._refs)   # noqa: E731
+    table_size = lambda: len(__import__("pydist.owners").owners._refs)   # noqa: E731
     before = {pid: remotecall_fetch(table_size, pid) for pid in (1, a, b)}
     total = 0
     for start in range(0, calls, 10_000):                   # bounded batches keep memory flat

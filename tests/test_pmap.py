@@ -181,7 +181,7 @@ def test_distributed_with_a_reducer_reduces_chunk_results(cluster):
 
 
 def test_distributed_splits_like_julia_splitrange(cluster4):
-    from pydist.pmap import _splitrange
+    from pydist.distributed import _splitrange
     assert [len(c) for c in _splitrange(10, 4)] == [3, 3, 2, 2]
     assert [len(c) for c in _splitrange(2, 4)] == [1, 1]
     chunks = distributed(lambda x: [(myid(), x)], range(10), reducer=lambda a, b: a + b)

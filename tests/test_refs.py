@@ -197,5 +197,5 @@ def test_reference_tables_return_to_empty_after_many_calls(cluster):
     del futures
     gc.collect()
     for pid in cluster:
-        wait_until(lambda: remotecall_fetch(lambda: len(__import__("pydist.refs").refs._refs), pid) == 0,
+        wait_until(lambda: remotecall_fetch(lambda: len(__import__("pydist.owners").owners._refs), pid) == 0,
                    what=f"worker {pid}'s reference table to empty")
