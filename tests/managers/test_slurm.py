@@ -22,7 +22,7 @@ from conftest import wait_until
 from infra import require, slurm_running      # tests/ is on sys.path (no tests/__init__.py)
 
 from pydist.managers.slurm import SlurmManager
-import pydist.cluster
+import pydist.removal
 from pydist import (LaunchError, addprocs, cluster_cookie, default_addprocs_params, myid, pmap, remotecall_fetch,
                     rmprocs, workers)
 
@@ -214,7 +214,7 @@ def test_walltime_margin_removes_all_of_a_jobs_workers_with_one_rmprocs(slurm, m
         calls.append(pids)
         return rmprocs(*pids, **kw)
 
-    monkeypatch.setattr(pydist.cluster, "rmprocs", recorded)   # retire_workers looks it up there
+    monkeypatch.setattr(pydist.removal, "rmprocs", recorded)   # retire_workers looks it up there
     ids = addprocs(manager(slurm, n=2, time="1", walltime_margin=55))
     wait_until(lambda: not set(ids) & set(workers()), 40, f"workers {ids} to be removed at the walltime margin", 0.5)
     assert calls == [(sorted(ids),)]
