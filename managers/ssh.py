@@ -131,8 +131,10 @@ class SSHManager(ClusterManager):
         else:
             cd = f"cd -- {_shell_path(directory)} || exit 1; "
         assignments = " ".join(shlex.quote(f"{k}={v}") for k, v in env.items())
+        # 2>&1: one pipe for both, so the worker marks its stderr lines (pydist.output) and
+        # the master relays them to its stderr, as for local workers.
         return (f"echo {PID_MARKER}$$; {cd}exec env {assignments} {_shell_path(argv[0])} "
-                + shlex.join(argv[1:]))
+                + shlex.join(argv[1:]) + " 2>&1")
 
     # -- launch ---------------------------------------------------------------------------------
     def launch(self, params: dict, launched: list[WorkerConfig], notify: threading.Condition) -> None:

@@ -186,15 +186,20 @@ def test_env_and_dir_reach_the_worker_quoted(loopback, no_workers, tmp_path):
 
 
 @pytest.mark.ssh
-def test_worker_output_is_relayed_with_its_id(loopback, no_workers, capsys):
+def test_worker_output_is_relayed_with_its_id_stdout_to_stdout_stderr_to_stderr(loopback, no_workers, capsys):
     [pid] = addprocs([loopback], sshflags=ssh_flags())
     remotecall_fetch(lambda: (print("hello over ssh", flush=True),
                               print("and stderr", file=sys.stderr, flush=True)), pid)
-    seen = []
-    wait_until(lambda: seen.append(capsys.readouterr().out) or "and stderr" in "".join(seen), 20,
-               "the relayed lines")
-    out = "".join(seen)
-    assert f"From worker {pid}:\thello over ssh" in out and f"From worker {pid}:\tand stderr" in out
+    out, err = [], []
+
+    def read():
+        captured = capsys.readouterr()
+        out.append(captured.out)
+        err.append(captured.err)
+        return "and stderr" in "".join(err) and "hello over ssh" in "".join(out)
+    wait_until(read, 20, "the relayed lines")
+    assert f"From worker {pid}:\thello over ssh" in "".join(out)
+    assert f"From worker {pid}:\tand stderr" in "".join(err) and "and stderr" not in "".join(out)
 
 
 @pytest.mark.ssh
