@@ -113,7 +113,7 @@ def test_worker_command_quotes_every_word_and_has_no_cookie(tmp_path):
     words = shlex.split(cmd)
     assert words[words.index("cd") + 2] == weird
     assert "PYDIST_T=a b'c $HOME" in words and "PYDIST_WORKER_TIMEOUT=60" in words
-    assert words[-7:] == ["python3", "-X", "dev", "-m", "pydist.worker", "--bind-to", "10.0.0.5"]
+    assert words[-8:] == ["python3", "-X", "dev", "-m", "pydist.worker", "--bind-to", "10.0.0.5", "2>&1"]
     from pydist import cluster_cookie
     assert cluster_cookie() not in cmd
 
