@@ -272,7 +272,8 @@ class ResourceManager(DialInManager):
     def poll(self, names: list[str]) -> dict[str, Status]:
         """The status of each resource, in one call if the backend can; leave out the unknown.
         Write this, or override `watch`."""
-        raise NotImplementedError(f"{type(self).__name__} must define poll() or watch()")
+        raise TypeError(f"{type(self).__name__} must define poll() or watch(): the launch cannot "
+                        "tell when its resources run or end without one of them")
 
     @abc.abstractmethod
     def delete(self, names: list[str]) -> None:
