@@ -24,7 +24,8 @@ How one launch goes (`JobManager.launch`, on addprocs's `pydist-launch` thread):
 1. Open the master's join listener (pydist.managers._listener) and, if the backend wants one, write
    the cookie to a 0600 file the job can read.  Build the spec and submit it: one job of n tasks.
 2. Wait for joins (`_join.Joins`).  Every worker of the job is `python -m pydist.worker --join
-   HEAD` with the ident `<job_id>.<task>`, so each offer maps to its job and task; offers of
+   HEAD` with the ident `<job_id>.<launch>.<task>`, so each offer maps to its launch, job and
+   task (the random launch id keeps idents apart across clusters whose job ids repeat); offers of
    a launch that is over (a cancelled launch's late workers) are refused.  The watcher
    reports the job's state to the launch:
    * PENDING longer than `queue_timeout` (counted from submission): cancel, LaunchError with
@@ -91,6 +92,7 @@ class _Job:
     """One submitted job.  Fields below `ntasks` are guarded by `_lock`."""
     manager: "JobManager"
     job_id: str
+    prefix: str                             # its workers' idents are `<prefix>.<task>`
     ntasks: int
     cookie_file: str | None
     joins: Joins | None                     # its launch's wait, None once the launch is over
@@ -102,7 +104,7 @@ class _Job:
 
 
 _lock = threading.Condition()     # guards every _Job's mutable fields, _live, _watcher_started
-_live: dict[tuple[int, str], _Job] = {}          # (id(manager), job_id) -> job, until it ends
+_live: dict[tuple[int, str], _Job] = {}          # (id(manager), prefix) -> job, until it ends
 _watcher_started = False
 
 
@@ -158,7 +160,8 @@ class JobManager(DialInManager):
     @abc.abstractmethod
     def build_spec(self, n: int, params: dict, head: str, launch_id: str) -> Any:
         """The job that starts `n` workers dialing `head` ("host:port"); no I/O.  Each worker's
-        ident must be `<job_id>.<task>` for the job id `submit` returns, task in 0..n-1."""
+        ident must be `<job_id>.<launch_id>.<task>` for the job id `submit` returns, task in
+        0..n-1 (a LocalLaunch's: `<its key>.<task>`, its key being `<job id>.<launch_id>`)."""
 
     @abc.abstractmethod
     def submit(self, spec: Any) -> str:
@@ -228,10 +231,11 @@ class JobManager(DialInManager):
             raise LaunchError([(f"{self.job_kind} for {n} workers",
                                 f"submission failed: {err}\n{self.submit_hint}")]) from err
         joins = Joins(self, listener, head, params, launched, notify)
-        joins.expect(job_id, [f"{job_id}.{task}" for task in range(n)])
-        job = _Job(self, job_id, n, cookie, joins)
+        prefix = spec.key if isinstance(spec, LocalLaunch) else f"{job_id}.{launch_id}"
+        joins.expect(job_id, [f"{prefix}.{task}" for task in range(n)])
+        job = _Job(self, job_id, prefix, n, cookie, joins)
         with _lock:
-            _live[(id(self), job_id)] = job
+            _live[_key(job)] = job
         log.info("pydist: submitted %s %s for %d workers joining %s", self.job_kind, job_id, n, head)
         _watch(job, time.monotonic())
         try:
@@ -273,7 +277,7 @@ def _watch(job: _Job, now: float) -> None:
 def _next_poll(job: _Job, now: float) -> float:
     """Called with _lock held.  While launching: every poll_interval.  Afterwards, only with a
     walltime margin: at the margin, and at least every WALLTIME_POLL_INTERVAL."""
-    if (id(job.manager), job.job_id) not in _live:
+    if _key(job) not in _live:
         return math.inf
     if job.launching:
         return now + job.manager.poll_interval
@@ -352,7 +356,7 @@ def _poll_batch(jobs: list[_Job]) -> None:
 def _end(job: _Job, why: str) -> None:
     """Cancel `job` (harmless if it already ended), remove its cookie file, forget it."""
     with _lock:
-        if _live.pop((id(job.manager), job.job_id), None) is None:
+        if _live.pop(_key(job), None) is None:
             return
         job.next_poll = math.inf
     # The cookie file goes first: it only serves starting workers, and this may run on a
@@ -378,8 +382,12 @@ def _end_all() -> None:
 
 # -- helpers --------------------------------------------------------------------------------
 def _owner_of(ident: str) -> str:
-    """The job id in a worker ident `<job_id>.<task>`."""
+    """The prefix of a worker ident `<prefix>.<task>`."""
     return ident.rpartition(".")[0]
+
+
+def _key(job: _Job) -> tuple[int, str]:
+    return id(job.manager), job.prefix
 
 
 def write_secret(path: str, text: str) -> None:

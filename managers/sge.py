@@ -3,7 +3,9 @@
 From a login node, `addprocs(SGEManager(n=8, queue="all.q", walltime="01:00:00"))` submits ONE
 array job of n tasks (`job_script()` shows it); task t runs
 
-    python -m pydist.worker --join HEAD --cookie-file FILE --ident $JOB_ID.<t - 1>
+    python -m pydist.worker --join HEAD --cookie-file FILE --ident $JOB_ID.<launch>.<t - 1>
+
+(<launch> is a random id of the addprocs call: job ids repeat across clusters, idents must not.)
 
 Inside a parallel job (`qsub -pe NAME N script`), `addprocs(SGEManager())` with no `n` starts one
 worker per slot of $PE_HOSTFILE (NSLOTS in all), each by `qrsh -inherit HOST`: Grid Engine starts,
@@ -84,7 +86,7 @@ class SGEManager(JobManager):
                    ("-o", os.path.join(self.output_dir, "pydist-$JOB_ID.out")), ("-wd", params["dir"])]
         lines = ["#!/bin/sh", "#$ -S /bin/sh", "#$ -j y", *(f"#$ {o} {v}" for o, v in options if v),
                  *(f"#$ {arg}" for arg in self.qsub_args), *export_lines(params, forwarded_env()), *self.prologue,
-                 f'{shlex.join(argv)} --ident "$JOB_ID.$((SGE_TASK_ID - 1))"',
+                 f'{shlex.join(argv)} --ident "$JOB_ID.{launch_id}.$((SGE_TASK_ID - 1))"',
                  # for a master that was killed: its workers exit when its links drop
                  shlex.join(["rm", "-f", "--", self.cookie_file(launch_id)]), ""]
         return "\n".join(lines)

@@ -4,11 +4,12 @@ How a worker starts.  From a login node or notebook, `addprocs(SlurmManager(n=8,
 submits ONE batch job of n tasks (`job_script()` shows it).  The script exports the workers'
 environment, runs the `prologue` lines, then one `srun` step whose every task runs
 
-    python -m pydist.worker --join HEAD --cookie-file FILE --ident $SLURM_JOB_ID.$SLURM_PROCID
+    python -m pydist.worker --join HEAD --cookie-file FILE --ident $SLURM_JOB_ID.<launch>.$SLURM_PROCID
 
+(<launch> is a random id of the addprocs call: job ids repeat across clusters, idents must not.)
 Inside an allocation (a script run by sbatch or salloc), `addprocs(SlurmManager())` with no
 `n` runs that command as one step of SLURM_NTASKS tasks of the allocation, started by `srun`
-from the master (the batch script itself); the ident is `$SLURM_JOB_ID.<launch>.<task>`.
+from the master (the batch script itself), with the same ident.
 
 Which side connects.  The worker: it dials the master's join listener (pydist.managers._join) at
 `join_host` (default: the master's hostname) and authenticates with the cookie, which it
@@ -130,7 +131,7 @@ class SlurmManager(JobManager):
         lines += _exports(params)
         lines += self.prologue
         lines.append(shlex.join([*self._srun_options(), "/bin/sh", "-c",
-                                 TASK_SHELL.format(job="$SLURM_JOB_ID"), "pydist-worker", *argv]))
+                                 TASK_SHELL.format(job=f"$SLURM_JOB_ID.{launch_id}"), "pydist-worker", *argv]))
         # The master removes the cookie file when the job ends; this covers a master that was
         # killed (its workers exit when its links drop, so srun returns here).
         lines.append(shlex.join(["rm", "-f", "--", self.cookie_file(launch_id)]))

@@ -59,7 +59,7 @@ def test_job_script_is_one_array_job_of_n_workers_that_join_the_master(tmp_path)
     assert f"#$ -o {tmp_path}/pydist-$JOB_ID.out" in lines
     [worker] = [ln for ln in lines if "pydist.worker" in ln]
     assert f"{sys.executable} -m pydist.worker --join login1:4242 --cookie-file {tmp_path}/" in worker
-    assert worker.endswith('--ident "$JOB_ID.$((SGE_TASK_ID - 1))"')
+    assert worker.endswith('--ident "$JOB_ID.LAUNCH.$((SGE_TASK_ID - 1))"')
 
 
 def test_job_script_runs_the_prologue_and_exports_before_the_worker():

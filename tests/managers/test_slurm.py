@@ -21,6 +21,7 @@ from batch_contract import Batch, leaves_nothing_behind
 from conftest import wait_until
 from infra import require, slurm_running      # tests/ is on sys.path (no tests/__init__.py)
 
+from pydist.managers.elastic import ElasticManager
 from pydist.managers.slurm import SlurmManager
 import pydist.removal
 from pydist import (LaunchError, addprocs, cluster_cookie, default_addprocs_params, myid, pmap, remotecall_fetch,
@@ -63,7 +64,7 @@ def test_job_script_runs_one_srun_step_of_n_workers_that_join_the_master(tmp_pat
     assert len(srun) == 1
     assert "--wait=0" in srun[0] and "--kill-on-bad-exit=0" in srun[0]
     assert f"{sys.executable} -m pydist.worker --join login1:4242 --cookie-file {tmp_path}/" in srun[0]
-    assert '--ident "$SLURM_JOB_ID.$SLURM_PROCID"' in srun[0]
+    assert '--ident "$SLURM_JOB_ID.LAUNCH.$SLURM_PROCID"' in srun[0]
 
 
 def test_job_script_runs_the_prologue_before_the_workers():
@@ -136,6 +137,29 @@ def test_slurm_workers_compute_call_each_other_and_rmprocs_cancels_the_job(slurm
     rmprocs(*ids).wait(30)
     batch.wait_until_gone(f"job {job} to leave squeue after rmprocs")
     assert not cookie.exists()
+
+
+@pytest.mark.slurm
+def test_a_worker_named_like_a_job_this_master_ran_can_still_join_an_elastic_master(slurm):
+    """Job ids repeat across clusters (the multi-node one's start again at 1): a worker started
+    elsewhere as `<job>.<task>` of a job this master once launched is not taken for its late worker."""
+    batch, _tmp = slurm
+    [pid] = addprocs(manager(slurm, n=1))
+    job = remotecall_fetch(lambda: os.environ["SLURM_JOB_ID"], pid)
+    rmprocs(pid).wait(30)
+    batch.wait_until_gone(f"job {job} to leave squeue after rmprocs")
+    elastic = ElasticManager(n=1, host="127.0.0.1", port=0, timeout=30)
+    worker = subprocess.Popen([sys.executable, "-m", "pydist.worker", "--join", f"127.0.0.1:{elastic.address[1]}",
+                               "--ident", f"{job}.0"], stdin=subprocess.PIPE, text=True)
+    worker.stdin.write(cluster_cookie() + "\n")
+    worker.stdin.close()
+    try:
+        [joined] = addprocs(elastic)
+        assert remotecall_fetch(os.getpid, joined) == worker.pid
+        rmprocs(joined).wait(30)
+    finally:
+        elastic.stop()
+        worker.wait(30)
 
 
 @pytest.mark.slurm
