@@ -14,7 +14,7 @@ import threading
 import weakref
 from typing import Any, Callable, Iterable, ParamSpec, TypeVar
 
-from . import _html, cluster
+from . import _html, cluster, timings
 from .calls import internal, remotecall, remotecall_fetch
 from .messages import Mode
 from .process import STATE, myid, send_call, workers
@@ -248,6 +248,7 @@ class CachingPool(WorkerPool):
         self._cache_lock = threading.Lock()
 
 
+@timings.unwraps_with(lambda args: (channel_from_id(args[0]).fetch(), args[1:]))
 def _call_cached(rrid, *args, **kwargs):
     return channel_from_id(rrid).fetch()(*args, **kwargs)
 

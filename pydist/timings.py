@@ -28,7 +28,8 @@ import time
 from . import settings
 from .process import internal
 
-__all__ = ["record", "call_name", "size", "since", "last_seq", "wraps_first_argument", "ERRORS_KEPT"]
+__all__ = ["record", "call_name", "size", "since", "last_seq", "wraps_first_argument", "unwraps_with",
+           "ERRORS_KEPT"]
 
 KEPT = max(settings.TIMINGS_KEPT, 0)
 # Tracebacks of the last failed calls kept for the dashboard's error panel.
@@ -43,8 +44,16 @@ now = time.time
 def wraps_first_argument(func):
     """Mark a runner whose first argument is the function that matters (pmap's batches), so
     timings name the call after that function."""
-    func._pydist_wraps = True
-    return func
+    return unwraps_with(lambda args: (args[0], args[1:]))(func)
+
+
+def unwraps_with(unwrap):
+    """Mark a runner that calls another function: `unwrap(args)` gives (that function, its
+    args), and timings name the call after it (a CachingPool's call by reference)."""
+    def mark(func):
+        func._pydist_unwrap = unwrap
+        return func
+    return mark
 
 
 def call_name(func, args) -> str | None:
@@ -53,8 +62,12 @@ def call_name(func, args) -> str | None:
     if not KEPT or getattr(func, "_pydist_internal", False):
         return None
     while True:
-        if getattr(func, "_pydist_wraps", False) and args:
-            func, args = args[0], args[1:]
+        unwrap = getattr(func, "_pydist_unwrap", None)
+        if unwrap is not None and args:
+            try:
+                func, args = unwrap(args)
+            except Exception:          # the call itself will say what is wrong
+                break
         elif isinstance(func, functools.partial):
             func, args = func.func, func.args + tuple(args)
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pydist import RemoteException, addprocs, pmap, remote_do, remotecall, remotecall_fetch, rmprocs
+from pydist import CachingPool, RemoteException, addprocs, pmap, remote_do, remotecall, remotecall_fetch, rmprocs
 from conftest import wait_until
 from pydist.timings import since
 
@@ -74,6 +74,15 @@ def test_pmap_batches_are_named_after_the_function(cluster):
     assert pmap(double, range(20), batch_size=5) == [2 * x for x in range(20)]
     names = [r[1] for pid in cluster for r in records_on(pid, before[pid])]
     assert len(names) == 4 and set(names) == {"double"}
+
+
+def test_calls_through_a_caching_pool_are_named_after_the_function(cluster):
+    pool = CachingPool(cluster)
+    before = {pid: last_seq(pid) for pid in cluster}
+    assert remotecall_fetch(double, pool, 3) == 6
+    assert pmap(double, range(8), pool=pool) == [2 * x for x in range(8)]
+    names = [r[1] for pid in cluster for r in records_on(pid, before[pid])]
+    assert names and set(names) == {"double"}
 
 
 def test_the_ring_keeps_only_the_last_calls(no_workers):
