@@ -218,8 +218,8 @@ class KubernetesManager(ResourceManager):
         place = self._place
         for previous in (False, True):
             try:
-                text = place.core.read_namespaced_pod_log(name, place.namespace, tail_lines=OUTPUT_TAIL_LINES,
-                                                          previous=previous, _request_timeout=API_TIMEOUT)
+                text = pod_log(place.core, name, place.namespace, tail_lines=OUTPUT_TAIL_LINES,
+                               previous=previous, _request_timeout=API_TIMEOUT)
             except (ApiException, urllib3.exceptions.HTTPError):
                 continue                # never started, or never restarted: no log
             if text.strip():
@@ -377,3 +377,14 @@ def _delete_everything() -> None:
         except (ApiException, urllib3.exceptions.HTTPError) as err:
             log.warning("pydist: could not delete the cluster's pods and Secret (%s): kubectl delete pods,secrets "
                         "-n %s -l %s", err, place.namespace, selector)
+
+
+def pod_log(core, name: str, namespace: str, **options) -> str:
+    """A pod's log as text.  The raw bytes are decoded here: the client's own decoding differs
+    by version (36.x returns the repr of the bytes, kubernetes-client/python#2596) and fails on
+    output that is not UTF-8."""
+    response = core.read_namespaced_pod_log(name, namespace, _preload_content=False, **options)
+    try:
+        return response.data.decode("utf-8", errors="replace")
+    finally:
+        response.release_conn()

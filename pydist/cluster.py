@@ -33,9 +33,9 @@ from .errors import LaunchError, ProcessExitedException
 from .manager import ClusterManager, WorkerConfig, default_addprocs_params, reap, stop_process
 from .messages import Kind, Mode
 from .output import OutputRelay, stream_lines
-from .process import (STATE, WorkerInfo, add_members, cluster_cookie, myid, configure_heartbeat,
-                      on_close, on_frame, result, secure, send_call, share_memory,
-                      start_heartbeat, workers)
+from .heartbeat import configure_heartbeat, start_heartbeat
+from .process import (STATE, WorkerInfo, add_members, cluster_cookie, myid, on_close, on_frame, result,
+                      secure, send_call, share_memory, workers)
 from .serialize import dumps, loads
 from .handshake import handshake
 from .transport import Link

@@ -26,7 +26,7 @@ from typing import Any
 from . import settings
 from .process import STATE, accept, exit_process, internal, send_call
 from .messages import Mode
-from .transport import dial, open_listener, serve
+from .sockets import dial, open_listener, serve
 from .worker import parse_address
 
 

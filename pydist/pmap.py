@@ -19,18 +19,18 @@ from __future__ import annotations
 
 import collections
 import functools
-import itertools
 import math
 import threading
 import time
 from typing import Any, Callable, Iterable, TypeVar
 
-from . import output, timings
+from . import output
 from .errors import ProcessExitedException, RemoteException, element_context, remote_exception
 from .messages import Mode
 from .pools import AbstractWorkerPool, default_worker_pool
 from .process import STATE, myid, result, send_call
-from .transport import WAKE_SECONDS
+from .replies import WAKE_SECONDS
+from .batch import columns_of, run_batch
 from .calls import cancel_remotely, new_lane
 
 T = TypeVar("T")
@@ -58,44 +58,6 @@ AUTO_BATCHES_PER_WORKER = 4
 # batches interrupted) before it re-raises: long enough for a worker that takes the interrupt,
 # short enough that a worker stuck in C code does not hold up the user's Ctrl-C.
 CANCEL_SECONDS = 1.0
-
-
-@timings.wraps_first_argument          # timings name a batch after func
-def _run_batch(func: Callable, on_error: Callable | None, columns: tuple) -> tuple[list, dict | None]:
-    """Run on the worker: func over a batch given as one sequence per argument (so a batch
-    pickles as plain lists or a range, not as a tuple per element). Returns the values and
-    {offset: RemoteException} for elements that raised and on_error did not replace."""
-    values: list = []
-    failures = None
-    while True:
-        stopped: list = []
-        try:   # extend keeps the values made before an exception
-            values.extend(_calls(func, [c[len(values):] for c in columns], stopped))
-            if not stopped:
-                return values, failures
-            failure = stopped[0]
-        except Exception as err:
-            failure = err
-        if on_error is not None:
-            try:
-                values.append(on_error(failure))
-                continue
-            except Exception as err:
-                failure = err
-        values.append(None)
-        failures = failures or {}
-        failures[len(values) - 1] = remote_exception(myid(), failure)
-
-
-def _calls(func: Callable, columns: list, stopped: list):
-    """func(*args) for each element; a StopIteration from func ends it into `stopped` (map,
-    or a plain generator, would take it for the end of the input and drop the element)."""
-    for args in zip(*columns):
-        try:
-            yield func(*args)
-        except StopIteration as err:
-            stopped.append(err)
-            return
 
 
 class _Batch:
@@ -262,7 +224,7 @@ class _Run:
         if pid == myid():
             if alone:
                 return _Done(lambda: self.func(*(c[0] for c in columns)))
-            return _Done(lambda: _run_batch(self.func, self.on_error, columns))
+            return _Done(lambda: run_batch(self.func, self.on_error, columns))
         send, extra = self.pool._prepare(self.func, pid)     # a CachingPool sends func once
         try:
             if alone:                           # Julia's pmap: one remotecall_fetch per element
@@ -270,14 +232,14 @@ class _Run:
                 return send_call(pid, Mode.FETCH, send, (*extra, *args) if extra else args, {},
                                  (0, lane), flush=False, on_done=on_done)
             func = functools.partial(send, *extra) if extra else send
-            return send_call(pid, Mode.FETCH, _run_batch, (func, self.on_error, columns), {},
+            return send_call(pid, Mode.FETCH, run_batch, (func, self.on_error, columns), {},
                              (0, lane), flush=False, on_done=on_done)
         except BaseException as err:
             return _DoneError(err)
 
     def _alone(self, batch: _Batch) -> bool:
         """A batch of one element without on_error is a plain call of func: its answer is
-        the value itself, not _run_batch's (values, failures)."""
+        the value itself, not run_batch's (values, failures)."""
         return len(batch) == 1 and self.on_error is None
 
     def _collect(self, batch: _Batch, handle) -> None:
@@ -470,7 +432,7 @@ def pmap(func: Callable[..., T], *iterables: Iterable[Any], pool: AbstractWorker
         raise ValueError(f"per_worker must be a positive int, not {per_worker!r}")
     if not iterables:
         return []
-    columns = _columns(iterables)
+    columns = columns_of(iterables)
     n = len(columns[0])
     pool = pool if pool is not None else default_worker_pool()
     width = pool.length()
@@ -496,19 +458,3 @@ def pmap(func: Callable[..., T], *iterables: Iterable[Any], pool: AbstractWorker
     finally:
         output.relay_write = previous
         active_runs.discard(run)
-
-
-def _columns(iterables: tuple) -> tuple:
-    """One sliceable sequence per argument, all as long as the shortest (like zip, so an
-    endless iterator such as itertools.repeat(k) is fine next to a list). Lists, tuples and
-    ranges are used as they are: a slice of a range pickles in a few bytes."""
-    sequences = (list, tuple, range)
-    sized = [len(it) for it in iterables if isinstance(it, sequences)]
-    if sized:
-        n = min(sized)
-        columns = [it if isinstance(it, sequences) else list(itertools.islice(it, n))
-                   for it in iterables]
-    else:
-        columns = [list(column) for column in zip(*zip(*iterables))] or [[] for _ in iterables]
-    n = min(len(c) for c in columns)
-    return tuple(c[:n] if len(c) > n else c for c in columns)

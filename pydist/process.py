@@ -11,8 +11,7 @@ Every process (master and workers) has one `STATE`.  It owns:
 * the runner (threads.py), whose threads take over a link's reading when the call running
   on its reader waits or runs long, so a call blocked in `take()` never stops another call
   or the reading of its link;
-* the heartbeat thread (`pydist-heartbeat`), which pings quiet links and closes links whose
-  peer stopped answering, so nothing waits forever on a frozen or cut-off process.
+* the heartbeat thread's handle (heartbeat.py runs it).
 
 Upper layers plug into it through `STATE.handlers` (frame kind -> function) and
 `STATE.exit_hooks` (run when a peer is gone); this module imports nothing above transport.
@@ -37,7 +36,8 @@ from .errors import CapturedException, ProcessExitedException, RemoteException
 from .messages import NO_RRID, Kind, Mode
 from .serialize import dumps, loads, unpicklable
 from .handshake import HandshakeError, handshake
-from .transport import Link, ProtocolError, dial, serve
+from .sockets import dial, open_listener, serve
+from .transport import Link, ProtocolError
 
 log = logging.getLogger("pydist")
 
@@ -280,7 +280,6 @@ def register_link(link: Link, peer_shm: str) -> None:
     if old is not None and old is not link:
         log.warning("pydist: replacing the link to process %s", link.peer)
     link.start(f"pydist-reader-{link.peer}")
-    start_heartbeat()
 
 
 def secure(sock: socket.socket, server: bool) -> socket.socket:
@@ -332,7 +331,6 @@ def _addr(addr) -> str:
 
 def listen(host: str, port: int = 0, advertise: str | None = None) -> tuple[str, int]:
     """Start accepting cluster connections on host:port; returns the advertised address."""
-    from .transport import open_listener
     listener = open_listener(host, port)
     STATE.listener = listener
     port = listener.getsockname()[1]
@@ -480,51 +478,3 @@ def call_fetch(pid: int, func, *args, timeout: float | None = None):
     """Run func(*args) on process `pid` and return its result (no local shortcut: pid is
     remote); TimeoutError after `timeout` seconds."""
     return result(send_call(pid, Mode.FETCH, func, args), timeout)
-
-
-# -- heartbeats ------------------------------------------------------------------------------
-_heartbeat_wake = threading.Event()      # set to make the heartbeat thread re-read its settings
-_heartbeat_since = 0.0                   # silence counts from here at most (configure_heartbeat)
-
-
-def configure_heartbeat(timeout: float, interval: float | None = None) -> None:
-    """Declare a peer dead after `timeout` seconds of silence; ping quiet links every
-    `interval` (default timeout / 4). 0 disables heartbeats."""
-    global _heartbeat_since
-    settings.HEARTBEAT_TIMEOUT = float(timeout)
-    settings.HEARTBEAT_INTERVAL = float(timeout) / 4 if interval is None else float(interval)
-    _heartbeat_since = time.monotonic()     # silence before now was under the old settings
-    _heartbeat_wake.set()
-    start_heartbeat()
-
-
-def start_heartbeat() -> None:
-    if STATE._heartbeat is not None or settings.HEARTBEAT_TIMEOUT <= 0:
-        return
-    with STATE.cond:
-        if STATE._heartbeat is not None:
-            return
-        STATE._heartbeat = threading.Thread(target=_heartbeat_loop, name="pydist-heartbeat", daemon=True)
-    STATE._heartbeat.start()
-
-
-def _heartbeat_loop() -> None:
-    while True:
-        timeout, interval = settings.HEARTBEAT_TIMEOUT, settings.HEARTBEAT_INTERVAL
-        if _heartbeat_wake.wait(min(interval, timeout / 3) if timeout > 0 else None):
-            _heartbeat_wake.clear()
-            continue
-        now = time.monotonic()
-        with STATE.cond:
-            links = list(STATE.links.values())
-        for link in links:
-            quiet = now - max(link.last_heard, _heartbeat_since)
-            if quiet > timeout:
-                log.warning("pydist: process %s did not answer for %.1f s: declaring it dead",
-                            link.peer, quiet)
-                link.close(f"no answer for {quiet:.1f} s (heartbeat timeout {timeout:g} s)")
-            elif quiet > interval:
-                try:
-                    link.send(Kind.PING)
-                except ProcessExitedException:
-                    pass

@@ -46,7 +46,7 @@ MAX_PENDING_CALLS = _int("PYDIST_MAX_PENDING_CALLS", 1_000_000)
 # Heartbeats: a link silent for HEARTBEAT_INTERVAL gets a PING; a peer silent for
 # HEARTBEAT_TIMEOUT is declared dead (a frozen process, a cut network). Shorter detects
 # faster but may give up on a peer whose interpreter is stuck in a long GIL-holding call.
-# 0 disables. Change at run time with process.configure_heartbeat or addprocs(heartbeat_timeout=).
+# 0 disables. Change at run time with heartbeat.configure_heartbeat or addprocs(heartbeat_timeout=).
 HEARTBEAT_INTERVAL = _float("PYDIST_HEARTBEAT_INTERVAL", 5.0)
 HEARTBEAT_TIMEOUT = _float("PYDIST_HEARTBEAT_TIMEOUT", 30.0)
 

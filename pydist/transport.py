@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
-import mmap
 import socket
 import struct
 import threading
@@ -28,8 +27,10 @@ import time
 
 from . import settings
 from .errors import ProcessExitedException
+from .replies import CallbackReply, Reply
 from .shm import HANDLE_FLAG
-from .threads import InlineCall, inline_call, release_reading, runner
+from .sockets import BIG_BUFFER, big_buffer
+from .threads import InlineCall, inline_call, runner
 from .messages import HEADER, LOCKSTEP, NO_RRID, Kind
 
 log = logging.getLogger("pydist")
@@ -39,103 +40,14 @@ _HEADER_SIZE = HEADER.size
 _unpack_header = HEADER.unpack_from
 _monotonic = time.monotonic
 _SMALL_FRAME = 1 << 16       # frames up to this size are joined and sent with one syscall
-WAKE_SECONDS = 0.2           # a waiter wakes this often so interrupt() can reach it
 BURST_SECONDS = 50e-6        # frames sent SOON this close together go out through a writer thread
 _OUTBOX_LIMIT = 4096         # queued frames past which a sender writes (and waits) itself
 SOON = "soon"                # Link.send(flush=SOON): see Link._write_soon
 _MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 
-def _return_big_buffers_to_the_system() -> None:
-    """Received bodies and buffers of 1 MiB or more get memory of their own (mmap), which
-    goes back to the system when freed. Without it glibc raises its mmap threshold after the
-    first large frees, serves the next large buffers from the heap, and a process that moved
-    gigabytes keeps hundreds of MB it no longer uses (measured in the soak run)."""
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)     # M_MMAP_THRESHOLD, fixed
-    except (OSError, AttributeError):
-        pass                                              # not glibc: nothing to tune
-
-
-_return_big_buffers_to_the_system()
-
-_BIG_BUFFER = 2 << 20        # received bodies and buffers this large get huge-page memory
-
-
-def _big_buffer(n: int):
-    """Writable memory for a large received buffer (it becomes, say, a numpy array's).
-    Anonymous mmap with transparent huge pages: the kernel zero-fills it in 2 MiB faults
-    instead of 4 KiB ones, 100 MB in ~15 ms here instead of ~70 ms for a bytearray."""
-    memory = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    try:
-        memory.madvise(mmap.MADV_HUGEPAGE)
-    except (AttributeError, OSError):
-        pass
-    return memory
-
-
 class ProtocolError(ConnectionError):
     """An authenticated peer sent a frame that breaks the wire format."""
-
-
-class Reply:
-    """The answer to one call, filled in by the link's reader thread (or the one closing the
-    link). Waiting costs one lock acquire."""
-
-    __slots__ = ("pid", "kind", "body", "buffers", "error", "_done")
-
-    def __init__(self, pid: int):
-        self.pid = pid
-        self.kind = self.body = self.buffers = self.error = None
-        self._done = threading.Lock()
-        self._done.acquire()
-
-    def set(self, kind, body, buffers, error: BaseException | None = None) -> None:
-        self.kind, self.body, self.buffers, self.error = kind, body, buffers, error
-        self._done.release()
-
-    def done(self) -> bool:
-        return self.kind is not None or self.error is not None
-
-    def wait(self, timeout: float | None = None) -> bool:
-        if not self.done():
-            release_reading()
-        if timeout is None:
-            while not self._done.acquire(timeout=WAKE_SECONDS):
-                pass            # wake now and then: an interrupt is delivered between waits
-        else:
-            deadline = _monotonic() + timeout
-            while not self._done.acquire(timeout=min(max(deadline - _monotonic(), 0), WAKE_SECONDS)):
-                if _monotonic() >= deadline:
-                    return False
-        self._done.release()
-        return True
-
-
-class CallbackReply(Reply):
-    """A Reply no one waits on: `on_done(reply)` runs on the thread that fills it in, so it
-    must be quick. It makes, takes and releases no lock: pmap, the executor and pool
-    remotecalls send many calls answered this way."""
-
-    __slots__ = ("_on_done",)
-
-    def __init__(self, pid: int, on_done):        # no lock: nobody waits
-        self.pid = pid
-        self.kind = self.body = self.buffers = self.error = None
-        self._on_done = on_done
-
-    def set(self, kind, body, buffers, error: BaseException | None = None) -> None:
-        self.kind, self.body, self.buffers, self.error = kind, body, buffers, error
-        try:
-            self._on_done(self)
-        except Exception:
-            log.exception("pydist: a reply callback failed")
-
-    def wait(self, timeout: float | None = None) -> bool:
-        if not self.done():
-            raise RuntimeError("a CallbackReply is read in its on_done function, once answered")
-        return True
 
 
 class Link:
@@ -457,7 +369,7 @@ class Link:
 
     def _read_big(self, n: int):
         """A body or buffer larger than the block: received straight into its own memory."""
-        out = _big_buffer(n) if n >= _BIG_BUFFER else bytearray(n)
+        out = big_buffer(n) if n >= BIG_BUFFER else bytearray(n)
         view = memoryview(out)
         got = self._end - self._start
         view[:got] = self._rview[self._start:self._end]
@@ -562,46 +474,3 @@ class Link:
         if self.segments is not None:
             self.segments.close()
         self._on_close(self, reason)
-
-
-def open_listener(host: str, port: int = 0) -> socket.socket:
-    """A listening TCP socket on host:port (port 0 picks a free one); IPv6 hosts work too."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
-    return sock
-
-
-def serve(listener: socket.socket, on_socket, name: str) -> threading.Thread:
-    """Accept connections on a thread of their own; each one is handed to `on_socket` on a
-    new thread, so a slow or silent client never delays the next one."""
-
-    def accept_loop():
-        while True:
-            try:
-                sock, addr = listener.accept()
-            except OSError:
-                return                      # listener closed
-            tune(sock)
-            threading.Thread(target=on_socket, args=(sock, addr), daemon=True,
-                             name=f"{name}-handshake").start()
-
-    thread = threading.Thread(target=accept_loop, name=name, daemon=True)
-    thread.start()
-    return thread
-
-
-def dial(host: str, port: int, timeout: float = settings.HANDSHAKE_TIMEOUT) -> socket.socket:
-    """Open a TCP connection to host:port, tuned for small-message latency."""
-    sock = socket.create_connection((host, port), timeout=timeout)
-    sock.settimeout(None)
-    tune(sock)
-    return sock
-
-
-def tune(sock: socket.socket) -> None:
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)

@@ -14,6 +14,8 @@ import infra                                  # tests/ is on sys.path (no tests/
 import pytest
 import yaml
 
+from pydist.managers.kubernetes import pod_log
+
 helm = pytest.importorskip("helm_python", reason="helm-python-sdk is not installed (pip install helm-python-sdk)")
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
 
@@ -276,7 +278,7 @@ def test_rendered_worker_pod_starts_the_worker_with_the_cookie_mounted(k8s_serve
         except TimeoutError:
             status = core.read_namespaced_pod("worker-0", NAMESPACE).status.to_dict()
             try:
-                output = core.read_namespaced_pod_log("worker-0", NAMESPACE)
+                output = pod_log(core, "worker-0", NAMESPACE)
             except client.ApiException as err:
                 output = err.body
             raise AssertionError(f"the worker never dialed {join}; pod status {status}; output {output!r}") from None
@@ -300,6 +302,6 @@ def test_rendered_worker_pod_starts_the_worker_with_the_cookie_mounted(k8s_serve
     core.create_namespaced_pod(NAMESPACE, {"metadata": {"name": "cookie-reader", **template["metadata"]}, "spec": spec})
     pod = wait_for_pod(core, NAMESPACE, "cookie-reader", lambda p: p.status.phase in ("Succeeded", "Failed"),
                        60, "Succeeded or Failed")
-    uid, mode, value = core.read_namespaced_pod_log("cookie-reader", NAMESPACE).splitlines()
+    uid, mode, value = pod_log(core, "cookie-reader", NAMESPACE).splitlines()
     assert pod.status.phase == "Succeeded"
     assert (uid, mode, value) == ("1000", "440 1000", cookie)

@@ -20,6 +20,7 @@ from kubernetes.client.rest import ApiException
 
 import infra                                  # tests/ is on sys.path (no tests/__init__.py)
 from k8s_apiserver import KubeTestServer, wait_for_pod
+from pydist.managers.kubernetes import pod_log
 
 pytestmark = pytest.mark.kubernetes
 
@@ -103,7 +104,7 @@ def run_to_end(core, ns, body):
     core.create_namespaced_pod(ns, body)
     name = body["metadata"]["name"]
     pod = wait_for_pod(core, ns, name, finished, POD_TIMEOUT, "Succeeded or Failed")
-    return pod, core.read_namespaced_pod_log(name, ns)
+    return pod, pod_log(core, name, ns)
 
 
 def test_version_and_discovery_answer_like_a_real_server(core):
@@ -249,9 +250,9 @@ def test_pod_log_supports_tail_lines_and_follow(core, ns):
     script = "for i in 1 2 3 4 5; do echo line$i; sleep 0.2; done"
     core.create_namespaced_pod(ns, pod_body("talk", ["sh", "-c", script]))
     wait_for_pod(core, ns, "talk", lambda p: p is not None and p.status.phase != "Pending", POD_TIMEOUT, "a start")
-    followed = list(watch.Watch().stream(core.read_namespaced_pod_log, "talk", ns, follow=True))
-    assert followed == [f"line{i}" for i in range(1, 6)]
-    assert core.read_namespaced_pod_log("talk", ns, tail_lines=2) == "line4\nline5\n"
+    followed = pod_log(core, "talk", ns, follow=True)      # the stream ends with the container
+    assert followed.splitlines() == [f"line{i}" for i in range(1, 6)]
+    assert pod_log(core, "talk", ns, tail_lines=2) == "line4\nline5\n"
 
 
 def test_log_of_a_pod_that_never_started_is_400_with_the_reason(core, ns):
@@ -367,7 +368,7 @@ def test_missing_secret_for_a_volume_keeps_the_pod_creating_until_it_exists(core
     assert pod.status.phase == "Pending"
     core.create_namespaced_secret(ns, {"metadata": {"name": "late"}, "stringData": {"k": "finally"}})
     pod = wait_for_pod(core, ns, "later", finished, POD_TIMEOUT, "Succeeded")
-    assert core.read_namespaced_pod_log("later", ns) == "finally"
+    assert pod_log(core, "later", ns) == "finally"
 
 
 def test_missing_secret_key_ref_is_create_container_config_error(core, ns):
@@ -442,7 +443,7 @@ def test_restart_policy_on_failure_restarts_until_success(core, ns):
     status = pod.status.container_statuses[0]
     assert (pod.status.phase, status.restart_count, status.last_state.terminated.exit_code) == ("Succeeded", 1, 1)
     assert log == "run-2\n"                                     # the current run only, as on a real kubelet
-    assert core.read_namespaced_pod_log("twice", ns, previous=True) == "run-1\n"
+    assert pod_log(core, "twice", ns, previous=True) == "run-1\n"
 
 
 def test_patch_changes_pod_metadata_but_not_its_spec(core, ns):

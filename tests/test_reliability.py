@@ -15,7 +15,8 @@ from pydist import (ClusterManager, LaunchError, ProcessExitedException, WorkerC
                     everywhere,
                     cluster_cookie, myid, remotecall, remotecall_fetch, workers)
 from pydist import settings
-from pydist.process import STATE, configure_heartbeat
+from pydist.heartbeat import configure_heartbeat
+from pydist.process import STATE
 
 
 @pytest.fixture
@@ -47,7 +48,7 @@ def test_a_shorter_heartbeat_set_at_run_time_pings_quiet_links_before_judging(sh
     assert remotecall_fetch(lambda other: remotecall_fetch(myid, other), b, a) == a  # b-a link
     time.sleep(1.5)                     # every link now quiet for longer than the new timeout
     configure_heartbeat(1.0, 0.1)
-    everywhere("from pydist.process import configure_heartbeat; configure_heartbeat(1.0, 0.1)")
+    everywhere("from pydist.heartbeat import configure_heartbeat; configure_heartbeat(1.0, 0.1)")
     time.sleep(2)
     assert sorted(workers()) == [a, b]
     assert remotecall_fetch(lambda other: remotecall_fetch(myid, other), b, a) == a

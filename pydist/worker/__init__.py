@@ -31,11 +31,13 @@ from .. import settings
 from .._args import ArgumentParser
 from ..calls import interrupt_calls, interruptible_sleep
 from ..messages import Kind
-from ..process import (STATE, WorkerInfo, accept, add_members, cluster_cookie, configure_heartbeat,
-                       dial_peer, exit_process, listen, on_close, on_frame, register_link, secure)
+from ..heartbeat import configure_heartbeat
+from ..process import (STATE, WorkerInfo, accept, add_members, cluster_cookie, dial_peer, exit_process,
+                       listen, on_close, on_frame, register_link, secure)
 from ..serialize import dumps, loads
 from ..handshake import HandshakeError, handshake
-from ..transport import Link, dial
+from ..sockets import dial
+from ..transport import Link
 
 ADDRESS_PREFIX = "pydist_worker:"
 

@@ -185,7 +185,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _list(self, kind: str, ns: str | None):
         store, match = self.server.owner.store, self._matcher(kind)
-        if self.query.get("watch") in ("true", "1"):
+        if _flag(self.query.get("watch")):
             rv = self.query.get("resourceVersion")
             timeout = self.query.get("timeoutSeconds")
             deadline = time.monotonic() + (float(timeout) if timeout else 3600.0)
@@ -212,13 +212,19 @@ class Handler(BaseHTTPRequestHandler):
         if q.get("container") not in (None, pod["spec"]["containers"][0]["name"]):
             raise ApiError(400, "BadRequest",
                            f'container {q["container"]} is not valid for pod {pod["metadata"]["name"]}')
-        follow = q.get("follow") in ("true", "1")
-        kwargs = {"timestamps": q.get("timestamps") in ("true", "1"),
+        follow = _flag(q.get("follow"))
+        kwargs = {"timestamps": _flag(q.get("timestamps")),
                   "tail": int(q["tailLines"]) if "tailLines" in q else "all"}
         if "sinceSeconds" in q:
             kwargs["since"] = int(time.time()) - int(q["sinceSeconds"])
-        out = self.server.owner.kubelet.logs(pod, follow, q.get("previous") in ("true", "1"), **kwargs)
+        out = self.server.owner.kubelet.logs(pod, follow, _flag(q.get("previous")), **kwargs)
         limit = int(q["limitBytes"]) if "limitBytes" in q else None
         if not follow:
             return self._bytes(200, out[:limit] if limit else out, "text/plain")
         self._chunked(out, "text/plain")
+
+
+def _flag(value: str | None) -> bool:
+    """A boolean query parameter as the API server reads one (Go's strconv.ParseBool): clients
+    send "true" or, as the Python client 36 does, "True"."""
+    return value in ("1", "t", "T", "true", "TRUE", "True")

@@ -162,7 +162,7 @@ def test_a_killed_container_is_replaced_and_a_memory_hog_is_restarted(client):
 
 @pytest.mark.docker
 def test_container_cut_off_its_network_is_declared_dead_by_the_heartbeat(client):
-    from pydist.process import configure_heartbeat
+    from pydist.heartbeat import configure_heartbeat
     from pydist import settings
     old = settings.HEARTBEAT_TIMEOUT, settings.HEARTBEAT_INTERVAL
     network = client.networks.create(f"pydist-cut-{os.getpid()}", labels={"pydist.ci": "1"})

@@ -22,7 +22,7 @@ import pytest
 from conftest_k8s import (IMAGE, POD_TIMEOUT, cluster_pods, cluster_secrets, kube,  # noqa: F401 (fixture)
                           remove_workers, wait_for_pods, wait_nothing_left)
 from pydist.managers._pods import pending_reason, pod_failure
-from pydist.managers.kubernetes import KubernetesManager, default_namespace, secret_name
+from pydist.managers.kubernetes import KubernetesManager, default_namespace, pod_log, secret_name
 from pydist import LaunchError, addprocs, cluster_cookie, myid, pmap, remotecall_fetch, rmprocs, workers
 from conftest import wait_until
 from pydist.process import STATE
@@ -258,7 +258,7 @@ def test_cookie_is_in_the_clusters_secret_only(kube, k8s_workers):
     for pod in cluster_pods(kube):
         text = json.dumps(kube.core.api_client.sanitize_for_serialization(pod))
         assert cookie not in text and secret.data["cookie"] not in text
-        assert cookie not in kube.core.read_namespaced_pod_log(pod.metadata.name, kube.namespace)
+        assert cookie not in pod_log(kube.core, pod.metadata.name, kube.namespace)
 
 
 @pytest.mark.kubernetes
