@@ -183,7 +183,9 @@ def test_pmap_progress_and_worker_output_show_while_pmap_runs(url, cluster, brow
 
     def step(x, gate=gate):
         print(f"step {x}", flush=True)
-        time.sleep(0.01 * (x % 7))                 # work of various lengths, for the picture
+        # work of various lengths, for the picture; none quick (pmap would merge quick batches
+        # into one call, drawn as one bar)
+        time.sleep(0.002 + 0.01 * (x % 7))
         if x >= 20:
             gate.fetch()                           # the last elements wait for the test
         return x
