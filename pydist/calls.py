@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, ParamSpec, SupportsIndex, TypeV
 from . import timings
 from .errors import CapturedException, remote_exception
 from .messages import NO_RRID, Kind, Mode
-from .process import STATE, exit_process, internal, myid, result, send_call, workers
+from .process import STATE, exit_process, internal, is_internal, myid, result, send_call, workers
 from .owners import RRID, _Failed, _lookup, _refs, store_outcome
 from .refs import Future, expect_push, fetch
 from .serialize import dumps, dumps_small, loads
@@ -107,7 +107,7 @@ def interruptible_sleep(seconds: float) -> None:
 
 
 def _run_user(func: Callable, args, kwargs):
-    if getattr(func, "_pydist_internal", False):
+    if is_internal(func):
         return func(*args, **kwargs)
     tid = threading.get_ident()
     with _running_lock:

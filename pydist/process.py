@@ -29,6 +29,7 @@ import ssl
 import sys
 import threading
 import time
+import types
 from typing import NoReturn
 
 from . import settings, shm, threads, transport
@@ -90,6 +91,12 @@ def internal(func):
     """Mark a pydist function that runs on request of another process: `interrupt` leaves it be."""
     func._pydist_internal = True
     return func
+
+
+def is_internal(func) -> bool:
+    """Marked by `internal`.  Only plain functions are looked at: a user's object that makes up
+    attributes (a proxy's or a Mock's __getattr__) is never taken for one of pydist's."""
+    return isinstance(func, types.FunctionType) and func.__dict__.get("_pydist_internal", False)
 
 
 # -- identity and membership ---------------------------------------------------------------
@@ -436,7 +443,8 @@ def send_call(pid: int, mode: Mode, func, args=(), kwargs=None, rrid=NO_RRID, fl
 def _unpicklable_call(err: Exception, pid: int, func, args, kwargs: dict) -> Exception:
     """`err` (pickling a call failed) with the culprit named: the function, one of its
     captured variables, an argument, or a part of one."""
-    name = getattr(func, "__qualname__", None) or type(func).__name__
+    name = getattr(func, "__qualname__", None)
+    name = name if isinstance(name, str) and name else type(func).__name__
     parts = [(func, f"the function {name}"), *((arg, f"argument {i}") for i, arg in enumerate(args, 1)),
              *((value, f"keyword argument {key!r}") for key, value in kwargs.items())]
     found = next(filter(None, (unpicklable(part, what) for part, what in parts)), None)

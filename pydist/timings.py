@@ -24,9 +24,10 @@ import collections
 import functools
 import itertools
 import time
+import types
 
 from . import settings
-from .process import internal
+from .process import internal, is_internal
 
 __all__ = ["record", "call_name", "size", "since", "last_seq", "wraps_first_argument", "unwraps_with",
            "ERRORS_KEPT"]
@@ -59,10 +60,12 @@ def unwraps_with(unwrap):
 def call_name(func, args) -> str | None:
     """The name a call is recorded under, or None when it is not recorded (timings off, or
     one of pydist's internal calls)."""
-    if not KEPT or getattr(func, "_pydist_internal", False):
+    if not KEPT or is_internal(func):
         return None
     while True:
-        unwrap = getattr(func, "_pydist_unwrap", None)
+        # only pydist's own runners are marked: a user's object that makes up attributes
+        # (a proxy's __getattr__) is never asked for one
+        unwrap = func.__dict__.get("_pydist_unwrap") if isinstance(func, types.FunctionType) else None
         if unwrap is not None and args:
             try:
                 func, args = unwrap(args)
@@ -72,7 +75,8 @@ def call_name(func, args) -> str | None:
             func, args = func.func, func.args + tuple(args)
         else:
             break
-    return getattr(func, "__qualname__", None) or type(func).__name__
+    name = getattr(func, "__qualname__", None)
+    return name if isinstance(name, str) and name else type(func).__name__
 
 
 def size(body, buffers=()) -> int:

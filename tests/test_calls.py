@@ -209,6 +209,29 @@ def test_interrupt_raises_keyboard_interrupt_in_the_running_call(cluster):
     assert remotecall_fetch(add, cluster[0], 1, 2) == 3     # the worker keeps serving
 
 
+class _Sleeper:
+    """A callable whose __getattr__ makes up every attribute, as a Mock's or an RPC proxy's does."""
+
+    def __getattr__(self, name):
+        return lambda *args: True
+
+    def __call__(self, started, seconds):
+        started.put(True)
+        for _ in range(int(seconds * 100)):      # Python steps, where an interrupt lands
+            time.sleep(0.01)
+
+
+def test_a_callable_that_makes_up_attributes_is_a_user_call_that_interrupt_reaches(cluster):
+    from pydist import RemoteChannel, interrupt
+    started = RemoteChannel()
+    fut = remotecall(_Sleeper(), cluster[0], started, 60)
+    assert started.take(timeout=30)
+    interrupt(cluster[0])
+    with pytest.raises(RemoteException) as info:
+        fut.fetch(timeout=30)
+    assert isinstance(info.value.captured, KeyboardInterrupt)
+
+
 # -- calls run on the thread that read them (transport.Link.run_inline) ----------------------
 def _spin_until_exists(path):
     while not os.path.exists(path):     # busy in Python: no pydist wait to hand reading off

@@ -102,3 +102,20 @@ def test_timings_kept_0_records_nothing(no_workers):
         assert records_on(pid) == []
     finally:
         rmprocs(pid, waitfor=30)
+
+
+class _Proxy:
+    """Makes up any attribute it is asked for, as RPC proxies do."""
+
+    def __getattr__(self, name):
+        return lambda *args: (self, args)
+
+    def __call__(self, x):
+        return x
+
+
+def test_a_callable_that_makes_up_attributes_is_named_by_its_type(cluster):
+    pid = cluster[0]
+    before = last_seq(pid)
+    assert remotecall_fetch(_Proxy(), pid, 5) == 5
+    assert [r[1] for r in records_on(pid, before)] == ["_Proxy"]

@@ -225,6 +225,7 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def _flag(value: str | None) -> bool:
-    """A boolean query parameter as the API server reads one (Go's strconv.ParseBool): clients
-    send "true" or, as the Python client 36 does, "True"."""
-    return value in ("1", "t", "T", "true", "TRUE", "True")
+    """A boolean query parameter as the API server reads one (apimachinery's
+    Convert_Slice_string_To_bool): anything but "0" or "false" in any case is true, so the
+    Python client 36's "True" counts as "true" does."""
+    return value is not None and value != "0" and value.lower() != "false"
