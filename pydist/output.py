@@ -188,7 +188,6 @@ def relay_output(pid: int | None, line: str) -> None:
     to_stderr = line.startswith(STDERR_MARK)
     if to_stderr:
         line = line[len(STDERR_MARK):]
-    recent_output.append((time.time(), pid, line))
     text = f"      From worker {pid if pid is not None else '?'}:\t{line}"
     stream = sys.stderr if to_stderr else sys.stdout
     writer = relay_write
@@ -198,6 +197,8 @@ def relay_output(pid: int | None, line: str) -> None:
         else:
             stream.write(text + "\n")
             stream.flush()
+        recent_output.append((time.time(), pid, line))     # after the write: a reader that
+                                                           # sees it knows the line is out
 
 
 @internal

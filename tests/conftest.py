@@ -34,6 +34,20 @@ def wait_until(condition, timeout: float = 10.0, what: str = "condition", period
         time.sleep(period)
 
 
+def wait_relayed(capture, since: float, *texts: str, timeout: float = 10.0) -> tuple[str, str]:
+    """`capture`'s (capfd or capsys) (out, err) once every one of `texts` was in a line the
+    master relayed after `since` (time.time()).  It watches pydist.output.recent_output, which
+    gets a line once it is written, then reads `capture` once.  Polling readouterr() instead
+    loses lines: pytest reads its capture and then truncates it, and what another thread writes
+    in between is gone (half of 20,000 lines, written by one thread while another polled)."""
+    from pydist import output
+
+    def seen(text: str) -> bool:
+        return any(when >= since and text in line for when, _, line in list(output.recent_output))
+    wait_until(lambda: all(map(seen, texts)), timeout, f"the relayed lines {texts}")
+    return capture.readouterr()
+
+
 @pytest.fixture
 def cluster():
     """Two fresh local workers; removed afterwards. Yields their ids."""

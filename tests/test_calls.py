@@ -5,7 +5,7 @@ import threading
 import time
 
 import pytest
-from conftest import wait_until
+from conftest import wait_relayed
 
 from pydist import (Future, RemoteChannel, RemoteException, fetch, fetchany, fetchfrom, myid,
                     remote_do, remotecall, remotecall_fetch, remotecall_wait, spawn, spawnat,
@@ -145,19 +145,10 @@ def test_remote_do_returns_nothing_and_runs(cluster):
 
 
 def test_remote_do_prints_its_error_on_the_worker(cluster, capfd):
+    since = time.time()
     remote_do(lambda: 1 / 0, cluster[0])
-    out, err = [], []
-
-    def relayed():
-        captured = capfd.readouterr()
-        out.append(captured.out)
-        err.append(captured.err)
-        return "ZeroDivisionError" in "".join(err)
-    try:
-        wait_until(relayed, what="the remote_do error relayed to the master's stderr")
-    except AssertionError as failed:      # say where the line went, if anywhere (seen flaky once)
-        raise AssertionError(f"{failed}; stdout had {''.join(out)[-2000:]!r}, "
-                             f"stderr {''.join(err)[-2000:]!r}") from None
+    out, err = wait_relayed(capfd, since, "ZeroDivisionError")
+    assert f"From worker {cluster[0]}:\tZeroDivisionError" in err and "ZeroDivisionError" not in out
 
 
 def test_spawn_rotates_through_the_workers(cluster):

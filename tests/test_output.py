@@ -8,10 +8,11 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 
-from conftest import wait_until
+from conftest import wait_relayed
 from pydist import addprocs, remotecall_fetch, rmprocs
 from pydist.output import STDERR_MARK, LineWriter, relay_output
 
@@ -79,13 +80,9 @@ def test_lines_printed_by_threads_of_one_worker_never_mix(tmp_path):
 
 def test_a_joined_workers_stderr_reaches_the_masters_stderr(joined_worker, capfd):
     pid, _ = joined_worker
+    since = time.time()
     remotecall_fetch(lambda: (print("joined out"), print("joined err", file=sys.stderr)), pid)
-    seen = []
-    wait_until(lambda: seen.append(capfd.readouterr()) or "joined err" in "".join(e for _, e in seen),
-               what="the relayed stderr line")
-    wait_until(lambda: seen.append(capfd.readouterr()) or "joined out" in "".join(o for o, _ in seen),
-               what="the relayed stdout line")
-    out, err = "".join(o for o, _ in seen), "".join(e for _, e in seen)
+    out, err = wait_relayed(capfd, since, "joined err", "joined out")
     assert f"From worker {pid}:\tjoined err" in err and "joined err" not in out
     assert f"From worker {pid}:\tjoined out" in out and "joined out" not in err
 
@@ -133,12 +130,10 @@ def test_a_docker_workers_stderr_reaches_the_masters_stderr(no_workers, capfd):
     from pydist.managers.docker import DockerManager
     [pid] = addprocs(DockerManager(n=1, image=image))
     try:
+        since = time.time()
         remotecall_fetch(lambda: (print("container out"), print("container err", file=sys.stderr),
                                   sys.stdout.flush(), sys.stderr.flush()), pid)
-        seen = []
-        wait_until(lambda: seen.append(capfd.readouterr()) or "container err" in "".join(e for _, e in seen)
-                   and "container out" in "".join(o for o, _ in seen), 20, "the relayed lines")
-        out, err = "".join(o for o, _ in seen), "".join(e for _, e in seen)
+        out, err = wait_relayed(capfd, since, "container err", "container out", timeout=20)
         assert f"From worker {pid}:\tcontainer err" in err and "container err" not in out
         assert f"From worker {pid}:\tcontainer out" in out and "container out" not in err
     finally:

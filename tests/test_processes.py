@@ -1,6 +1,7 @@
 """addprocs, rmprocs, ids and membership, with real local worker processes."""
 
 import os
+import time
 import warnings
 
 import pytest
@@ -125,21 +126,18 @@ def test_addprocs_zero_adds_nothing(no_workers):
 
 
 def test_worker_output_is_relayed_with_its_id(cluster, capfd):
+    from conftest import wait_relayed
+    since = time.time()
     remotecall_fetch(lambda: print("hello from the worker", flush=True), cluster[0])
-    from conftest import wait_until
-    seen = []
-    wait_until(lambda: seen.append(capfd.readouterr().out) or "hello from the worker" in "".join(seen),
-               what="the relayed line")
-    out = "".join(seen)
+    out, _ = wait_relayed(capfd, since, "hello from the worker")
     assert f"From worker {cluster[0]}:" in out and "hello from the worker" in out
 
 
 def test_worker_stderr_is_relayed_to_the_masters_stderr(cluster, capfd):
     import sys
+    from conftest import wait_relayed
+    since = time.time()
     remotecall_fetch(lambda: print("on stderr", file=sys.stderr, flush=True), cluster[1])
-    from conftest import wait_until
-    seen = []
-    wait_until(lambda: seen.append(capfd.readouterr()) or "on stderr" in "".join(e for _, e in seen),
-               what="the relayed stderr line")
-    assert f"From worker {cluster[1]}:\ton stderr" in "".join(err for _, err in seen)
-    assert "on stderr" not in "".join(out for out, _ in seen)
+    out, err = wait_relayed(capfd, since, "on stderr")
+    assert f"From worker {cluster[1]}:\ton stderr" in err
+    assert "on stderr" not in out

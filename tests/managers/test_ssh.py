@@ -20,7 +20,7 @@ import paramiko
 import pytest
 
 import infra
-from conftest import wait_until
+from conftest import wait_relayed, wait_until
 from conftest_ssh import (LOOPBACK, SSHD_PORT, SSHHOST_IMAGE, docker, loopback, no_workers, pid_gone,  # noqa: F401
                           ssh_flags, sshhosts)
 from pydist.managers import SSHManager
@@ -188,18 +188,12 @@ def test_env_and_dir_reach_the_worker_quoted(loopback, no_workers, tmp_path):
 @pytest.mark.ssh
 def test_worker_output_is_relayed_with_its_id_stdout_to_stdout_stderr_to_stderr(loopback, no_workers, capsys):
     [pid] = addprocs([loopback], sshflags=ssh_flags())
+    since = time.time()
     remotecall_fetch(lambda: (print("hello over ssh", flush=True),
                               print("and stderr", file=sys.stderr, flush=True)), pid)
-    out, err = [], []
-
-    def read():
-        captured = capsys.readouterr()
-        out.append(captured.out)
-        err.append(captured.err)
-        return "and stderr" in "".join(err) and "hello over ssh" in "".join(out)
-    wait_until(read, 20, "the relayed lines")
-    assert f"From worker {pid}:\thello over ssh" in "".join(out)
-    assert f"From worker {pid}:\tand stderr" in "".join(err) and "and stderr" not in "".join(out)
+    out, err = wait_relayed(capsys, since, "and stderr", "hello over ssh", timeout=20)
+    assert f"From worker {pid}:\thello over ssh" in out
+    assert f"From worker {pid}:\tand stderr" in err and "and stderr" not in out
 
 
 @pytest.mark.ssh
