@@ -444,7 +444,8 @@ def fetch(x: Any, timeout: float | None = None) -> Any: ...
 def fetch(x: Any, timeout: float | None = None) -> Any:
     """A Future's value, a RemoteChannel's first item, a task's outcome (distributed());
     anything else is returned as is. TimeoutError if it is not there within `timeout` s."""
-    if isinstance(x, (_Ref, Channel)) or getattr(x, "_pydist_future_like", False):
+    # asked of the type: an object that makes up attributes (a Mock, a proxy) is a plain value
+    if isinstance(x, (_Ref, Channel)) or getattr(type(x), "_pydist_future_like", False):
         return x.fetch() if timeout is None else x.fetch(timeout=timeout)
     return x
 

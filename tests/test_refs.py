@@ -180,7 +180,10 @@ def test_remote_channel_from_a_factory_runs_it_on_the_owner(cluster):
 
 
 def test_fetch_of_a_plain_value_returns_it():
+    from unittest import mock
     assert fetch(42) == 42
+    value = mock.Mock()            # makes up every attribute, _pydist_future_like and fetch too
+    assert fetch(value) is value and not value.fetch.called
 
 
 def test_wait_on_a_remote_channel_does_not_remove_the_item(cluster):
