@@ -136,6 +136,13 @@ class JobManager(DialInManager):
         self.join_host = join_host
         self.join_port = int(join_port)
 
+    n: int | None = 1                # workers per launch; None: the tasks of the enclosing job
+
+    @property
+    def in_allocation(self) -> bool:
+        """True when launches start workers in the job this master runs in instead of submitting."""
+        return self.n is None
+
     @property
     def pending_timeout(self) -> float:      # what Joins reads
         return self.queue_timeout
@@ -144,7 +151,7 @@ class JobManager(DialInManager):
         """A job of one worker with this manager's settings, submitted anew, to replace a
         worker that died (`addprocs(..., restart=True)`). A manager that runs inside an
         allocation (no `n`) cannot: the allocation's tasks are fixed."""
-        if getattr(self, "n", 1) is None:
+        if self.in_allocation:
             raise TypeError(f"{type(self).__name__}() inside an allocation cannot start a replacement "
                             "for a worker that died (restart=True): its tasks are the allocation's. "
                             f"Give it n=... to submit jobs of its own from here instead")

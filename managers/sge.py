@@ -79,7 +79,7 @@ class SGEManager(JobManager):
         """An array job's script for `n` workers dialing `head`; inside a parallel job, one
         `qrsh -inherit` per slot."""
         argv = self.join_argv(params, head, launch_id)
-        if self.n is None:
+        if self.in_allocation:
             return self._qrsh_launch(n, params, argv, launch_id)
         options = [("-N", self.job_name), ("-t", f"1-{n}"), ("-q", self.queue), ("-P", self.project),
                    ("-l", self.walltime and f"h_rt={self.walltime}"), ("-l", self.resource_spec),

@@ -98,11 +98,6 @@ class SlurmManager(JobManager):
     def __repr__(self) -> str:
         return f"SlurmManager(n={self.n}, partition={self.partition!r}, time={self.time!r})"
 
-    @property
-    def in_allocation(self) -> bool:
-        """True when launches run a step of the current allocation instead of submitting."""
-        return self.n is None
-
     # -- the spec: no I/O ------------------------------------------------------------------
     def worker_count(self) -> int:
         return self.n if self.n is not None else int(os.environ.get("SLURM_NTASKS", "1"))

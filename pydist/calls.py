@@ -140,7 +140,7 @@ def _serve_call(link, mode, rrid, msg_id, body, buffers, queued=None) -> None:
     """Run one call and answer it. `queued`: when its frame was read (default: now)."""
     me = myid()
     ok, value, failure, name = False, None, None, None
-    received, queued = timings.size(body, buffers), queued or timings.now()
+    received, queued = 0, queued or timings.now()
     target = None
     if mode == Mode.FUTURE or mode == Mode.WAIT:
         target = _refs.get(RRID(*rrid))
@@ -156,8 +156,11 @@ def _serve_call(link, mode, rrid, msg_id, body, buffers, queued=None) -> None:
         failure = remote_exception(me, _described(err, "the call's function or arguments could not "
                                                   f"be unpickled on process {me}"))
     else:
+        name = timings.call_name(func, args)
+        if name is not None:            # recorded: the call's size on the wire
+            received = timings.size(body, buffers)
         del body, buffers
-        name, start = timings.call_name(func, args), timings.now()
+        start = timings.now()
         try:
             value, ok = _run_user(func, args, kwargs), True
         except SystemExit as err:

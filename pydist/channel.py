@@ -16,9 +16,8 @@ import time
 from typing import Any, Iterator
 
 from .errors import InvalidStateError
+from .replies import WAKE_SECONDS
 from .threads import release_reading
-
-WAKE_SECONDS = 0.2
 
 
 def _deadline(timeout: float | None) -> float | None:

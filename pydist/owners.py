@@ -29,12 +29,15 @@ import itertools
 import os
 import queue
 import threading
+import time
 from typing import Any, Callable, NamedTuple
 
 from .channel import Channel
 from .errors import InvalidStateError, RemoteException
 from .messages import Kind, Mode
 from .process import STATE, call_fetch, get_link, internal, myid, result, send_call
+from .replies import WAKE_SECONDS
+from .threads import release_reading
 from .serialize import destination, dumps, loads, undo_if_not_sent
 
 
@@ -301,8 +304,13 @@ def _ask_owner(where: int, func, *args, timeout: float | None = None,
         return call_fetch(where, func, *args)
     ask = _TimedAsk(late)
     send_call(where, Mode.FETCH, func, (*args, timeout), on_done=ask.on_done)
-    if not ask.answered.wait(timeout + OWNER_GRACE) and ask.give_up():
-        raise TimeoutError(f"process {where} did not answer within {timeout:g} s")
+    release_reading()                       # the answer may come over the link this thread reads
+    deadline = time.monotonic() + timeout + OWNER_GRACE
+    while not ask.answered.wait(min(max(deadline - time.monotonic(), 0), WAKE_SECONDS)):
+        if time.monotonic() >= deadline:    # (waking now and then lets interrupt() in)
+            if ask.give_up():
+                raise TimeoutError(f"process {where} did not answer within {timeout:g} s")
+            break
     try:
         return result(ask.reply)
     except RemoteException as err:

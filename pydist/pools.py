@@ -248,7 +248,7 @@ class CachingPool(WorkerPool):
         self._cache_lock = threading.Lock()
 
 
-@timings.unwraps_with(lambda args: (channel_from_id(args[0]).fetch(), args[1:]))
+@timings.unwraps_with(lambda args: (channel_from_id(args[0]).fetch(timeout=0), args[1:]))
 def _call_cached(rrid, *args, **kwargs):
     return channel_from_id(rrid).fetch()(*args, **kwargs)
 

@@ -93,6 +93,13 @@ def internal(func):
     return func
 
 
+def func_name(func) -> str:
+    """What to call `func` in messages: its qualified name, else its type's (an object that
+    makes up attributes gives no usable __qualname__)."""
+    name = getattr(func, "__qualname__", None)
+    return name if isinstance(name, str) and name else type(func).__name__
+
+
 def is_internal(func) -> bool:
     """Marked by `internal`.  Only plain functions are looked at: a user's object that makes up
     attributes (a proxy's or a Mock's __getattr__) is never taken for one of pydist's."""
@@ -443,8 +450,7 @@ def send_call(pid: int, mode: Mode, func, args=(), kwargs=None, rrid=NO_RRID, fl
 def _unpicklable_call(err: Exception, pid: int, func, args, kwargs: dict) -> Exception:
     """`err` (pickling a call failed) with the culprit named: the function, one of its
     captured variables, an argument, or a part of one."""
-    name = getattr(func, "__qualname__", None)
-    name = name if isinstance(name, str) and name else type(func).__name__
+    name = func_name(func)
     parts = [(func, f"the function {name}"), *((arg, f"argument {i}") for i, arg in enumerate(args, 1)),
              *((value, f"keyword argument {key!r}") for key, value in kwargs.items())]
     found = next(filter(None, (unpicklable(part, what) for part, what in parts)), None)

@@ -27,7 +27,7 @@ import time
 import types
 
 from . import settings
-from .process import internal, is_internal
+from .process import func_name, internal, is_internal
 
 __all__ = ["record", "call_name", "size", "since", "last_seq", "wraps_first_argument", "unwraps_with",
            "ERRORS_KEPT"]
@@ -75,8 +75,7 @@ def call_name(func, args) -> str | None:
             func, args = func.func, func.args + tuple(args)
         else:
             break
-    name = getattr(func, "__qualname__", None)
-    return name if isinstance(name, str) and name else type(func).__name__
+    return func_name(func)
 
 
 def size(body, buffers=()) -> int:

@@ -20,7 +20,7 @@ import time
 import pytest
 
 from conftest import wait_until
-from pydist import (Channel, Future, RemoteChannel, RemoteException, fetch, pmap, put, remotecall,
+from pydist import (Channel, Future, RemoteChannel, RemoteException, fetch, interrupt, pmap, put, remotecall,
                     remotecall_fetch, take, wait)
 from pydist.calls import wait_idle
 from pydist.owners import _refs
@@ -66,6 +66,22 @@ def test_take_times_out_and_takes_nothing(cluster, owner):
     rc.put(1)
     rc.put(2)
     assert take(rc, timeout=5) == 1 and take(rc) == 2
+
+
+def test_a_long_timed_take_from_another_process_can_be_interrupted(cluster):
+    rc = RemoteChannel(cluster[1])               # stays empty
+    started = RemoteChannel()
+
+    def long_take(rc, started):
+        started.put(True)
+        return take(rc, timeout=3600)
+    fut = remotecall(long_take, cluster[0], rc, started)
+    assert started.take(timeout=30)
+    time.sleep(0.3)                              # well inside the take's wait
+    interrupt(cluster[0])
+    with pytest.raises(RemoteException) as info:
+        fut.fetch(timeout=30)
+    assert isinstance(info.value.captured, KeyboardInterrupt)
 
 
 def test_a_local_channel_take_times_out():

@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from conftest import wait_until
+from conftest import remove_all_workers, wait_until
 
 from pydist import LaunchError, addprocs, cluster_cookie, myid, remotecall, remotecall_fetch, rmprocs, workers
 from pydist.managers.base import write_secret
@@ -47,19 +47,13 @@ class Batch:
         wait_until(lambda: not self.jobs(), timeout, what, POLL_PERIOD)
 
 
-def remove_workers() -> None:
-    ids = [p for p in workers() if p != 1]
-    if ids:
-        rmprocs(*ids, waitfor=30)
-
-
 @contextlib.contextmanager
 def leaves_nothing_behind(batch: Batch, output_dir: Path) -> Iterator[Batch]:
     """Around a test: afterwards no job under its name is left, no worker in the cluster and
     no cookie file in `output_dir`."""
-    remove_workers()
+    remove_all_workers()
     yield batch
-    remove_workers()
+    remove_all_workers()
     try:        # a job being cancelled is still listed for a moment
         batch.wait_until_gone(f"the jobs named {batch.name} to leave the queue")
     except AssertionError:
